@@ -1,0 +1,1 @@
+pub use dgpo_core::*;
