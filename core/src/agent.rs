@@ -78,7 +78,11 @@ pub struct Rollout {
 }
 
 /// The prompt text for `question`: the Search-R1 instruction in the model's chat template.
-pub fn build_prompt(model: &dyn LanguageModel, question: &str, use_template: bool) -> Result<String> {
+pub fn build_prompt(
+    model: &dyn LanguageModel,
+    question: &str,
+    use_template: bool,
+) -> Result<String> {
     let user = protocol::user_prompt(question);
     match (use_template, model.chat_template()) {
         (true, Some(t)) => t.render(&[Message::new("user", user)], true),
@@ -118,8 +122,16 @@ fn first_think(text: &str) -> Option<String> {
 
 impl<'a> Agent<'a> {
     /// An agent over `model` and `retriever`.
-    pub fn new(model: &'a dyn LanguageModel, retriever: &'a dyn Retriever, cfg: AgentConfig) -> Self {
-        Agent { model, retriever, cfg }
+    pub fn new(
+        model: &'a dyn LanguageModel,
+        retriever: &'a dyn Retriever,
+        cfg: AgentConfig,
+    ) -> Self {
+        Agent {
+            model,
+            retriever,
+            cfg,
+        }
     }
 
     /// The configuration.
@@ -129,7 +141,8 @@ impl<'a> Agent<'a> {
 
     /// Answer `question`.
     pub fn run(&self, question: &str) -> Result<Trace> {
-        self.run_with(question, &mut |_| {}, &|| false).map(|(t, _)| t)
+        self.run_with(question, &mut |_| {}, &|| false)
+            .map(|(t, _)| t)
     }
 
     /// Answer `question`, reporting events; `cancelled` is polled between tokens' turns and
@@ -162,7 +175,10 @@ impl<'a> Agent<'a> {
         if cached > prompt_ids.len() {
             return Err(Error::invalid("session holds more tokens than the prompt"));
         }
-        let mut rollout = Rollout { prompt_ids: prompt_ids.clone(), ..Default::default() };
+        let mut rollout = Rollout {
+            prompt_ids: prompt_ids.clone(),
+            ..Default::default()
+        };
         let mut trace = Trace {
             question: question.to_string(),
             answer: None,
@@ -197,7 +213,9 @@ impl<'a> Agent<'a> {
             }
             pending = g.tokens[g.tokens.len() - g.unfed..].to_vec();
             rollout.response_ids.extend(&g.tokens);
-            rollout.response_mask.extend(std::iter::repeat_n(1u8, g.tokens.len()));
+            rollout
+                .response_mask
+                .extend(std::iter::repeat_n(1u8, g.tokens.len()));
             rollout.logprobs.extend(&g.logprobs);
             trace.generated_tokens += g.tokens.len();
             trace.response.push_str(&g.text);
@@ -222,9 +240,17 @@ impl<'a> Agent<'a> {
                     let passages: Vec<_> = hits.iter().map(|h| h.passage.clone()).collect();
                     observation = Some(protocol::format_information(&passages));
                     let docs = hits.iter().map(TraceDoc::from).collect();
-                    StepAction::Search { query: q, docs, executed: true }
+                    StepAction::Search {
+                        query: q,
+                        docs,
+                        executed: true,
+                    }
                 }
-                Action::Search(q) => StepAction::Search { query: q, docs: Vec::new(), executed: false },
+                Action::Search(q) => StepAction::Search {
+                    query: q,
+                    docs: Vec::new(),
+                    executed: false,
+                },
                 Action::Invalid => {
                     if search_enabled {
                         observation = Some(protocol::INVALID_ACTION.to_string());
@@ -237,21 +263,27 @@ impl<'a> Agent<'a> {
                 let mut ids = full.clone();
                 ids.truncate(self.cfg.max_obs_tokens);
                 trace.observation_tokens += ids.len();
-                rollout.response_mask.extend(std::iter::repeat_n(0u8, ids.len()));
-                rollout.logprobs.extend(std::iter::repeat_n(f32::NAN, ids.len()));
+                rollout
+                    .response_mask
+                    .extend(std::iter::repeat_n(0u8, ids.len()));
+                rollout
+                    .logprobs
+                    .extend(std::iter::repeat_n(f32::NAN, ids.len()));
                 rollout.response_ids.extend(&ids);
                 // The text the model sees is what these ids decode to (a cut block stays cut).
-                let seen = if ids.len() == full.len() { obs.clone() } else { tok.decode(&ids)? };
+                let seen = if ids.len() == full.len() {
+                    obs.clone()
+                } else {
+                    tok.decode(&ids)?
+                };
                 trace.response.push_str(&seen);
                 pending.extend(ids);
             }
             timings.total_ms = ms(step_start);
             // Everything that is neither the model nor the retriever: the loop's own overhead.
-            timings.other_ms = (timings.total_ms
-                - timings.prefill_ms
-                - timings.decode_ms
-                - timings.retrieval_ms)
-                .max(0.0);
+            timings.other_ms =
+                (timings.total_ms - timings.prefill_ms - timings.decode_ms - timings.retrieval_ms)
+                    .max(0.0);
             let step = Step {
                 turn,
                 think: first_think(&g.text),

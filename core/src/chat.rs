@@ -18,7 +18,10 @@ pub struct Message {
 impl Message {
     /// A message with `role` and `content`.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Message { role: role.into(), content: content.into() }
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -31,7 +34,10 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").field("bos", &self.bos_token).field("eos", &self.eos_token).finish()
+        f.debug_struct("ChatTemplate")
+            .field("bos", &self.bos_token)
+            .field("eos", &self.eos_token)
+            .finish()
     }
 }
 
@@ -41,20 +47,33 @@ impl ChatTemplate {
         let mut env = minijinja::Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         // Llama 3.x templates print today's date; a fixed date keeps prompts reproducible.
         env.add_function("strftime_now", |_fmt: String| "26 Jul 2024".to_string());
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| Error::Template(format!("cannot parse: {e}")))?;
-        Ok(ChatTemplate { env, bos_token: bos_token.to_string(), eos_token: eos_token.to_string() })
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+        })
     }
 
     /// Render `messages`; with `add_generation_prompt` the text ends where the assistant's turn
     /// begins.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.env.get_template("chat").map_err(|e| Error::Template(e.to_string()))?;
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| Error::Template(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -82,7 +101,11 @@ pub fn template_from_tokenizer_config(cfg: &serde_json::Value) -> Option<(String
     let token = |key: &str| -> String {
         match cfg.get(key) {
             Some(serde_json::Value::String(s)) => s.clone(),
-            Some(v) => v.get("content").and_then(|c| c.as_str()).unwrap_or("").to_string(),
+            Some(v) => v
+                .get("content")
+                .and_then(|c| c.as_str())
+                .unwrap_or("")
+                .to_string(),
             None => String::new(),
         }
     };
@@ -109,7 +132,10 @@ mod tests {
     #[test]
     fn python_methods_and_raise_exception() {
         let t = ChatTemplate::new("{{ messages[0].content.strip() }}{% if messages[0].role.startswith('u') %}!{% endif %}", "", "").unwrap();
-        assert_eq!(t.render(&[Message::new("user", "  x ")], false).unwrap(), "x!");
+        assert_eq!(
+            t.render(&[Message::new("user", "  x ")], false).unwrap(),
+            "x!"
+        );
         let t = ChatTemplate::new("{{ raise_exception('no system role') }}", "", "").unwrap();
         let err = t.render(&[], false).unwrap_err().to_string();
         assert!(err.contains("no system role"), "{err}");
@@ -119,6 +145,9 @@ mod tests {
     #[test]
     fn reads_template_from_tokenizer_config() {
         let cfg = serde_json::json!({"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}], "eos_token": {"content": "</s>"}, "bos_token": "<s>"});
-        assert_eq!(template_from_tokenizer_config(&cfg), Some(("D".into(), "<s>".into(), "</s>".into())));
+        assert_eq!(
+            template_from_tokenizer_config(&cfg),
+            Some(("D".into(), "<s>".into(), "</s>".into()))
+        );
     }
 }

@@ -27,7 +27,11 @@ impl Passage {
     /// Split a wiki-18 `contents` field into title (first line) and text (the rest).
     pub fn from_contents(id: impl Into<String>, contents: &str) -> Passage {
         let (title, text) = contents.split_once('\n').unwrap_or((contents, ""));
-        Passage { id: id.into(), title: title.to_string(), text: text.to_string() }
+        Passage {
+            id: id.into(),
+            title: title.to_string(),
+            text: text.to_string(),
+        }
     }
 
     /// The wiki-18 `contents` field: title, newline, text. Inverse of [`Passage::from_contents`].
@@ -53,8 +57,14 @@ impl Passage {
         match (obj.get("title"), obj.get("text")) {
             (Some(t), Some(x)) => Ok(Passage {
                 id,
-                title: t.as_str().ok_or("field \"title\" must be a string")?.to_string(),
-                text: x.as_str().ok_or("field \"text\" must be a string")?.to_string(),
+                title: t
+                    .as_str()
+                    .ok_or("field \"title\" must be a string")?
+                    .to_string(),
+                text: x
+                    .as_str()
+                    .ok_or("field \"text\" must be a string")?
+                    .to_string(),
             }),
             _ => Err("expected \"contents\" or both \"title\" and \"text\"".into()),
         }
@@ -97,26 +107,52 @@ mod tests {
 
     #[test]
     fn wiki18_contents_split_keeps_quotes() {
-        let p = Passage::from_json_line(r#"{"id": "7", "contents": "\"Paris\"\nParis is the capital.\nSecond line."}"#)
-            .unwrap();
+        let p = Passage::from_json_line(
+            r#"{"id": "7", "contents": "\"Paris\"\nParis is the capital.\nSecond line."}"#,
+        )
+        .unwrap();
         assert_eq!(p.id, "7");
         assert_eq!(p.title, "\"Paris\"");
         assert_eq!(p.text, "Paris is the capital.\nSecond line.");
-        assert_eq!(p.contents(), "\"Paris\"\nParis is the capital.\nSecond line.");
+        assert_eq!(
+            p.contents(),
+            "\"Paris\"\nParis is the capital.\nSecond line."
+        );
     }
 
     #[test]
     fn title_text_rows_and_numeric_ids() {
-        let p = Passage::from_json_line(r#"{"id": 3, "title": "Rome", "text": "Capital of Italy."}"#).unwrap();
-        assert_eq!((p.id.as_str(), p.title.as_str(), p.text.as_str()), ("3", "Rome", "Capital of Italy."));
+        let p =
+            Passage::from_json_line(r#"{"id": 3, "title": "Rome", "text": "Capital of Italy."}"#)
+                .unwrap();
+        assert_eq!(
+            (p.id.as_str(), p.title.as_str(), p.text.as_str()),
+            ("3", "Rome", "Capital of Italy.")
+        );
     }
 
     #[test]
     fn malformed_rows_name_the_problem() {
-        assert!(Passage::from_json_line("{").unwrap_err().contains("not valid JSON"));
-        assert!(Passage::from_json_line(r#"{"contents": "x"}"#).unwrap_err().contains("\"id\""));
-        assert!(Passage::from_json_line(r#"{"id": "1"}"#).unwrap_err().contains("contents"));
-        assert!(Passage::from_json_line("[1]").unwrap_err().contains("object"));
+        assert!(
+            Passage::from_json_line("{")
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
+        assert!(
+            Passage::from_json_line(r#"{"contents": "x"}"#)
+                .unwrap_err()
+                .contains("\"id\"")
+        );
+        assert!(
+            Passage::from_json_line(r#"{"id": "1"}"#)
+                .unwrap_err()
+                .contains("contents")
+        );
+        assert!(
+            Passage::from_json_line("[1]")
+                .unwrap_err()
+                .contains("object")
+        );
     }
 
     #[test]

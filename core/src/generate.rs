@@ -69,7 +69,9 @@ pub fn generate(
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation> {
     if prefill.is_empty() {
-        return Err(Error::invalid("generate needs at least one token to prefill"));
+        return Err(Error::invalid(
+            "generate needs at least one token to prefill",
+        ));
     }
     let cap = session.capacity();
     let mut g = Generation {
@@ -107,11 +109,18 @@ pub fn generate(
         g.logprobs.push(s.logprob);
         // Only the tail can contain a new match.
         let from = before.saturating_sub(max_stop);
-        let from = (0..=from).rev().find(|&i| g.text.is_char_boundary(i)).unwrap_or(0);
+        let from = (0..=from)
+            .rev()
+            .find(|&i| g.text.is_char_boundary(i))
+            .unwrap_or(0);
         let hit = opts
             .stop
             .iter()
-            .filter_map(|st| g.text[from..].find(st.as_str()).map(|p| (from + p + st.len(), st)))
+            .filter_map(|st| {
+                g.text[from..]
+                    .find(st.as_str())
+                    .map(|p| (from + p + st.len(), st))
+            })
             .min_by_key(|(end, _)| *end);
         if let Some((end, st)) = hit {
             g.stop = StopReason::Stop(st.clone());
@@ -152,7 +161,10 @@ pub fn generate(
         logits = session.feed(&[s.token])?;
         g.decode_ms += t.elapsed().as_secs_f64() * 1e3;
     }
-    if g.stop == StopReason::Length || g.stop == StopReason::ContextFull || g.stop == StopReason::Eos {
+    if g.stop == StopReason::Length
+        || g.stop == StopReason::ContextFull
+        || g.stop == StopReason::Eos
+    {
         let tail = stream.flush(tok)?;
         if !tail.is_empty() {
             on_text(&tail);

@@ -13,6 +13,8 @@ pub mod chat;
 pub mod corpus;
 pub mod error;
 pub mod generate;
+#[cfg(feature = "llama")]
+pub mod llama;
 pub mod model;
 pub mod protocol;
 pub mod retrieve;

@@ -17,7 +17,11 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_p: 1.0, seed: 0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -55,7 +59,11 @@ fn log_softmax_at(logits: &[f32], idx: usize) -> f32 {
 impl Sampler {
     /// A sampler for `params`.
     pub fn new(params: SamplingParams) -> Self {
-        Sampler { params, rng: StdRng::seed_from_u64(params.seed), scratch: Vec::new() }
+        Sampler {
+            params,
+            rng: StdRng::seed_from_u64(params.seed),
+            scratch: Vec::new(),
+        }
     }
 
     /// The parameters.
@@ -70,12 +78,19 @@ impl Sampler {
         } else {
             self.sample_temperature(logits)
         };
-        Sampled { token, logprob: log_softmax_at(logits, token as usize) }
+        Sampled {
+            token,
+            logprob: log_softmax_at(logits, token as usize),
+        }
     }
 
     fn sample_temperature(&mut self, logits: &[f32]) -> u32 {
         let t = self.params.temperature as f32;
-        let max = logits.iter().copied().filter(|l| !l.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+        let max = logits
+            .iter()
+            .copied()
+            .filter(|l| !l.is_nan())
+            .fold(f32::NEG_INFINITY, f32::max);
         self.scratch.clear();
         let mut total = 0f64;
         for (i, &l) in logits.iter().enumerate() {
@@ -87,7 +102,8 @@ impl Sampler {
             self.scratch.push((p, i as u32));
         }
         if self.params.top_p < 1.0 {
-            self.scratch.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            self.scratch
+                .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             let keep_mass = self.params.top_p * total;
             let mut acc = 0f64;
             let mut n = 0;
@@ -144,17 +160,29 @@ mod tests {
     #[test]
     fn sampling_follows_distribution_and_is_seeded() {
         let logits = [0.0f32, (3f32).ln(), f32::NEG_INFINITY];
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 1.0, seed: 7 });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: 7,
+        });
         let n = 20_000;
         let ones = (0..n).filter(|_| s.sample(&logits).token == 1).count();
         let frac = ones as f64 / n as f64;
         assert!((frac - 0.75).abs() < 0.02, "{frac}");
         let a: Vec<u32> = {
-            let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 1.0, seed: 3 });
+            let mut s = Sampler::new(SamplingParams {
+                temperature: 1.0,
+                top_p: 1.0,
+                seed: 3,
+            });
             (0..50).map(|_| s.sample(&logits).token).collect()
         };
         let b: Vec<u32> = {
-            let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 1.0, seed: 3 });
+            let mut s = Sampler::new(SamplingParams {
+                temperature: 1.0,
+                top_p: 1.0,
+                seed: 3,
+            });
             (0..50).map(|_| s.sample(&logits).token).collect()
         };
         assert_eq!(a, b);
@@ -164,7 +192,11 @@ mod tests {
     fn top_p_cuts_the_tail() {
         // p = [0.6, 0.3, 0.1]; top_p 0.8 keeps the first two only.
         let logits = [0.6f32.ln(), 0.3f32.ln(), 0.1f32.ln()];
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.8, seed: 1 });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_p: 0.8,
+            seed: 1,
+        });
         for _ in 0..2000 {
             assert_ne!(s.sample(&logits).token, 2);
         }

@@ -146,6 +146,9 @@ impl Trace {
 
     /// Number of invalid turns.
     pub fn invalid_count(&self) -> usize {
-        self.steps.iter().filter(|s| s.action == StepAction::Invalid).count()
+        self.steps
+            .iter()
+            .filter(|s| s.action == StepAction::Invalid)
+            .count()
     }
 }

@@ -24,14 +24,18 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map(Some).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::format(path, format!("not valid JSON: {e}")))
 }
 
 /// Collect end-of-generation ids from HF json configs (ints or lists of ints).
 fn eos_ids_from(v: Option<&serde_json::Value>, out: &mut Vec<u32>) {
     match v {
         Some(serde_json::Value::Number(n)) => out.extend(n.as_u64().map(|x| x as u32)),
-        Some(serde_json::Value::Array(a)) => out.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32)),
+        Some(serde_json::Value::Array(a)) => {
+            out.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32))
+        }
         _ => {}
     }
 }
@@ -41,7 +45,10 @@ impl CandleModel {
     pub fn from_hf_folder(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let device = Device::Cpu;
         let decoder = super::hf::load_decoder(dir, DType::F32, &device, Ops::Fused)?;
-        let tok_path = opts.tokenizer.clone().unwrap_or_else(|| dir.join("tokenizer.json"));
+        let tok_path = opts
+            .tokenizer
+            .clone()
+            .unwrap_or_else(|| dir.join("tokenizer.json"));
         if !tok_path.exists() {
             return Err(Error::format(dir, "no tokenizer.json (pass --tokenizer)"));
         }
@@ -50,24 +57,47 @@ impl CandleModel {
         let gen_cfg = read_json(&dir.join("generation_config.json"))?;
         let model_cfg = read_json(&dir.join("config.json"))?;
         let mut eos = Vec::new();
-        eos_ids_from(gen_cfg.as_ref().and_then(|g| g.get("eos_token_id")), &mut eos);
-        eos_ids_from(model_cfg.as_ref().and_then(|g| g.get("eos_token_id")), &mut eos);
-        let (template, bos_text, eos_text) = match tok_cfg.as_ref().and_then(template_from_tokenizer_config) {
-            Some((src, bos, eos)) => (Some(ChatTemplate::new(&src, &bos, &eos)?), bos, eos),
-            None => {
-                let token = |k: &str| {
-                    tok_cfg.as_ref().and_then(|c| c.get(k)).and_then(|v| v.as_str().map(String::from).or_else(|| v.get("content").and_then(|c| c.as_str()).map(String::from))).unwrap_or_default()
-                };
-                (None, token("bos_token"), token("eos_token"))
-            }
-        };
+        eos_ids_from(
+            gen_cfg.as_ref().and_then(|g| g.get("eos_token_id")),
+            &mut eos,
+        );
+        eos_ids_from(
+            model_cfg.as_ref().and_then(|g| g.get("eos_token_id")),
+            &mut eos,
+        );
+        let (template, bos_text, eos_text) =
+            match tok_cfg.as_ref().and_then(template_from_tokenizer_config) {
+                Some((src, bos, eos)) => (Some(ChatTemplate::new(&src, &bos, &eos)?), bos, eos),
+                None => {
+                    let token = |k: &str| {
+                        tok_cfg
+                            .as_ref()
+                            .and_then(|c| c.get(k))
+                            .and_then(|v| {
+                                v.as_str().map(String::from).or_else(|| {
+                                    v.get("content").and_then(|c| c.as_str()).map(String::from)
+                                })
+                            })
+                            .unwrap_or_default()
+                    };
+                    (None, token("bos_token"), token("eos_token"))
+                }
+            };
         if let Some(id) = inner.token_to_id(&eos_text) {
             eos.push(id);
         }
         eos.sort_unstable();
         eos.dedup();
-        let bos_id = if bos_text.is_empty() { None } else { inner.token_to_id(&bos_text) };
-        let add_bos = tok_cfg.as_ref().and_then(|c| c.get("add_bos_token")).and_then(|v| v.as_bool()).unwrap_or(false);
+        let bos_id = if bos_text.is_empty() {
+            None
+        } else {
+            inner.token_to_id(&bos_text)
+        };
+        let add_bos = tok_cfg
+            .as_ref()
+            .and_then(|c| c.get("add_bos_token"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
         let tokenizer = Tokenizer::new(inner, eos, bos_id, add_bos);
         let cfg = decoder.config();
         let info = ModelInfo {
@@ -77,7 +107,12 @@ impl CandleModel {
             context_length: cfg.max_position,
             vocab_size: cfg.vocab_size,
         };
-        Ok(CandleModel { decoder, tokenizer, template, info })
+        Ok(CandleModel {
+            decoder,
+            tokenizer,
+            template,
+            info,
+        })
     }
 
     /// Load a GGUF file; the tokenizer comes from `opts.tokenizer` or the GGUF metadata.
@@ -86,18 +121,28 @@ impl CandleModel {
         let mut file = GgufFile::open(path)?;
         let decoder = file.load_decoder(&device, opts.max_context)?;
         let meta = tokenizer_from_gguf(file.metadata()).map_err(|e| e.in_file(path))?;
-        let mut eos: Vec<u32> = meta.eos_id.into_iter().chain(meta.eot_ids.iter().copied()).collect();
+        let mut eos: Vec<u32> = meta
+            .eos_id
+            .into_iter()
+            .chain(meta.eot_ids.iter().copied())
+            .collect();
         eos.sort_unstable();
         eos.dedup();
         let inner = match &opts.tokenizer {
             Some(p) => Tokenizer::from_file(p)?,
             None => meta.tokenizer,
         };
-        let id_text = |id: Option<u32>| id.and_then(|i| inner.id_to_token(i)).map(|s| s.to_string()).unwrap_or_default();
+        let id_text = |id: Option<u32>| {
+            id.and_then(|i| inner.id_to_token(i))
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        };
         let bos_text = id_text(meta.bos_id);
         let eos_text = id_text(meta.eos_id);
         let template = match &meta.chat_template {
-            Some(src) => Some(ChatTemplate::new(src, &bos_text, &eos_text).map_err(|e| e.in_file(path))?),
+            Some(src) => {
+                Some(ChatTemplate::new(src, &bos_text, &eos_text).map_err(|e| e.in_file(path))?)
+            }
             None => None,
         };
         let tokenizer = Tokenizer::new(inner, eos, meta.bos_id, meta.add_bos);
@@ -109,7 +154,12 @@ impl CandleModel {
             context_length: cfg.max_position,
             vocab_size: cfg.vocab_size,
         };
-        Ok(CandleModel { decoder, tokenizer, template, info })
+        Ok(CandleModel {
+            decoder,
+            tokenizer,
+            template,
+            info,
+        })
     }
 
     /// The decoder (for scoring and training code that needs tensors).
@@ -129,7 +179,10 @@ impl LanguageModel for CandleModel {
         self.template.as_ref()
     }
     fn new_session(&self) -> Result<Box<dyn Session + '_>> {
-        Ok(Box::new(CandleSession { decoder: &self.decoder, cache: KvCache::new() }))
+        Ok(Box::new(CandleSession {
+            decoder: &self.decoder,
+            cache: KvCache::new(),
+        }))
     }
 }
 
@@ -146,7 +199,9 @@ impl CandleSession<'_> {
         }
         let vocab = self.decoder.config().vocab_size as u32;
         if let Some(bad) = tokens.iter().find(|&&t| t >= vocab) {
-            return Err(Error::invalid(format!("token id {bad} is outside the vocabulary ({vocab})")));
+            return Err(Error::invalid(format!(
+                "token id {bad} is outside the vocabulary ({vocab})"
+            )));
         }
         Ok(Tensor::new(tokens, self.decoder.device())?.unsqueeze(0)?)
     }

@@ -112,7 +112,10 @@ impl DecoderConfig {
             )));
         }
         if c.head_dim % 2 != 0 {
-            return Err(Error::invalid(format!("head_dim {} must be even for RoPE", c.head_dim)));
+            return Err(Error::invalid(format!(
+                "head_dim {} must be even for RoPE",
+                c.head_dim
+            )));
         }
         Ok(())
     }
@@ -254,7 +257,11 @@ impl KvCache {
         }
         let (b, h, t, d) = k.dims4()?;
         let need = self.len + t;
-        let cap = self.layers[layer].as_ref().map(|(k, _)| k.dim(2)).transpose()?.unwrap_or(0);
+        let cap = self.layers[layer]
+            .as_ref()
+            .map(|(k, _)| k.dim(2))
+            .transpose()?
+            .unwrap_or(0);
         if need > cap {
             let new_cap = (need.max(cap * 2)).next_multiple_of(64);
             let nk = Tensor::zeros((b, h, new_cap, d), k.dtype(), k.device())?;
@@ -291,8 +298,9 @@ pub struct Decoder {
 
 fn inv_freqs(cfg: &DecoderConfig, divisors: Option<&[f32]>) -> Vec<f64> {
     let d = cfg.head_dim;
-    let mut f: Vec<f64> =
-        (0..d / 2).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d as f64)).collect();
+    let mut f: Vec<f64> = (0..d / 2)
+        .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d as f64))
+        .collect();
     if let Some(s) = cfg.rope_scaling {
         // Llama 3.1 scaling, as in HF `_compute_llama3_parameters`.
         let low_wavelen = s.original_max_position as f64 / s.low_freq_factor;
@@ -334,7 +342,14 @@ impl Decoder {
         }
         let cos = Tensor::from_vec(cos, (n, half), device)?;
         let sin = Tensor::from_vec(sin, (n, half), device)?;
-        Ok(Decoder { cfg, w, cos, sin, ops, device: device.clone() })
+        Ok(Decoder {
+            cfg,
+            w,
+            cos,
+            sin,
+            ops,
+            device: device.clone(),
+        })
     }
 
     /// The configuration.
@@ -430,9 +445,23 @@ impl Decoder {
         let mut x = self.w.embed.forward(ids)?;
         for (li, blk) in self.w.blocks.iter().enumerate() {
             let h = self.rms_norm(&x, &blk.attn_norm)?;
-            let q = blk.q.forward(&h)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
-            let k = blk.k.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let v = blk.v.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let q = blk
+                .q
+                .forward(&h)?
+                .reshape((b, t, nh, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let k = blk
+                .k
+                .forward(&h)?
+                .reshape((b, t, nkv, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let v = blk
+                .v
+                .forward(&h)?
+                .reshape((b, t, nkv, hd))?
+                .transpose(1, 2)?;
             let q = self.rope(&q, offset, t)?;
             let k = self.rope(&k, offset, t)?;
             let (k, v) = match cache.as_deref_mut() {
@@ -443,17 +472,18 @@ impl Decoder {
             let q = q.reshape((b, nkv, rep * t, hd))?;
             let att = (q.matmul(&k.t()?)? * scale)?;
             let att = match &mask {
-                Some(m) => att.reshape((b, nkv, rep, t, total))?.broadcast_add(m)?.reshape((
-                    b,
-                    nkv,
-                    rep * t,
-                    total,
-                ))?,
+                Some(m) => att
+                    .reshape((b, nkv, rep, t, total))?
+                    .broadcast_add(m)?
+                    .reshape((b, nkv, rep * t, total))?,
                 None => att,
             };
             let att = self.softmax(&att)?;
             let y = att.matmul(&v.contiguous()?)?; // (b, nkv, rep*t, hd)
-            let y = y.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+            let y = y
+                .reshape((b, nh, t, hd))?
+                .transpose(1, 2)?
+                .reshape((b, t, nh * hd))?;
             x = (x + blk.o.forward(&y)?)?;
             let h = self.rms_norm(&x, &blk.ffn_norm)?;
             let g = candle_nn::ops::silu(&blk.gate.forward(&h)?)?;

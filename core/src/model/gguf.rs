@@ -46,11 +46,17 @@ impl GgufFile {
             if end > len {
                 return Err(Error::format(
                     path,
-                    format!("truncated: tensor {name} ends at byte {end} but the file has {len} bytes"),
+                    format!(
+                        "truncated: tensor {name} ends at byte {end} but the file has {len} bytes"
+                    ),
                 ));
             }
         }
-        Ok(GgufFile { path: path.to_path_buf(), content, reader })
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            content,
+            reader,
+        })
     }
 
     /// All metadata.
@@ -108,7 +114,10 @@ impl GgufFile {
         if info.shape.dims() != shape {
             return Err(Error::format(
                 &self.path,
-                format!("tensor {name} has shape {:?}, expected {shape:?}", info.shape.dims()),
+                format!(
+                    "tensor {name} has shape {:?}, expected {shape:?}",
+                    info.shape.dims()
+                ),
             ));
         }
         self.content
@@ -125,7 +134,9 @@ impl GgufFile {
             other => {
                 return Err(Error::format(
                     &self.path,
-                    format!("unsupported architecture {other:?}: dgpo runs \"qwen2\" and \"llama\""),
+                    format!(
+                        "unsupported architecture {other:?}: dgpo runs \"qwen2\" and \"llama\""
+                    ),
                 ));
             }
         };
@@ -137,7 +148,10 @@ impl GgufFile {
             .ok_or_else(|| Error::format(&self.path, "missing tensor token_embd.weight"))?;
         let dims = embd.shape.dims();
         if dims.len() != 2 {
-            return Err(Error::format(&self.path, format!("token_embd.weight has shape {dims:?}")));
+            return Err(Error::format(
+                &self.path,
+                format!("token_embd.weight has shape {dims:?}"),
+            ));
         }
         let hidden = self.u32(&format!("{a}.embedding_length"))? as usize;
         let heads = self.u32(&format!("{a}.attention.head_count"))? as usize;
@@ -194,11 +208,18 @@ impl GgufFile {
             let mut lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
                 let w = self.tensor(&format!("blk.{l}.{name}.weight"), &[out, inp], device)?;
                 let b = if bias {
-                    Some(dense(self.tensor(&format!("blk.{l}.{name}.bias"), &[out], device)?)?)
+                    Some(dense(self.tensor(
+                        &format!("blk.{l}.{name}.bias"),
+                        &[out],
+                        device,
+                    )?)?)
                 } else {
                     None
                 };
-                Ok(Linear::Quant { w: QMatMul::from_qtensor(w)?, b })
+                Ok(Linear::Quant {
+                    w: QMatMul::from_qtensor(w)?,
+                    b,
+                })
             };
             let bias = cfg.attention_bias;
             let q = lin("attn_q", nh * hd, h, bias)?;
@@ -208,16 +229,34 @@ impl GgufFile {
             let gate = lin("ffn_gate", i, h, false)?;
             let up = lin("ffn_up", i, h, false)?;
             let down = lin("ffn_down", h, i, false)?;
-            let attn_norm = dense(self.tensor(&format!("blk.{l}.attn_norm.weight"), &[h], device)?)?;
-            let ffn_norm = dense(self.tensor(&format!("blk.{l}.ffn_norm.weight"), &[h], device)?)?;
-            blocks.push(Block { attn_norm, q, k, v, o, ffn_norm, gate, up, down });
+            let attn_norm =
+                dense(self.tensor(&format!("blk.{l}.attn_norm.weight"), &[h], device)?)?;
+            let ffn_norm =
+                dense(self.tensor(&format!("blk.{l}.ffn_norm.weight"), &[h], device)?)?;
+            blocks.push(Block {
+                attn_norm,
+                q,
+                k,
+                v,
+                o,
+                ffn_norm,
+                gate,
+                up,
+                down,
+            });
         }
         let norm = dense(self.tensor("output_norm.weight", &[h], device)?)?;
         let lm_head = if cfg.tie_embeddings {
-            Linear::Quant { w: QMatMul::from_arc(embed.clone())?, b: None }
+            Linear::Quant {
+                w: QMatMul::from_arc(embed.clone())?,
+                b: None,
+            }
         } else {
             let w = self.tensor("output.weight", &[cfg.vocab_size, h], device)?;
-            Linear::Quant { w: QMatMul::from_qtensor(w)?, b: None }
+            Linear::Quant {
+                w: QMatMul::from_qtensor(w)?,
+                b: None,
+            }
         };
         let rope_freqs = if self.has_tensor("rope_freqs.weight") {
             let t = dense(self.tensor("rope_freqs.weight", &[hd / 2], device)?)?;
@@ -231,7 +270,13 @@ impl GgufFile {
             }
             _ => Embedding::Quant(embed),
         };
-        let w = Weights { embed, blocks, norm, lm_head, rope_freqs };
+        let w = Weights {
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            rope_freqs,
+        };
         Decoder::new(cfg, w, Ops::Fused, device).map_err(|e| e.in_file(&self.path))
     }
 }

@@ -38,6 +38,9 @@ struct ConfigJson {
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
     rope_scaling: Option<RopeScalingJson>,
+    /// transformers 5 writes `rope_parameters` (with `rope_theta` inside) instead of
+    /// `rope_theta` + `rope_scaling`.
+    rope_parameters: Option<serde_json::Value>,
     hidden_act: Option<String>,
 }
 
@@ -53,7 +56,9 @@ pub fn read_config(path: &Path) -> Result<DecoderConfig> {
         Some(other) => {
             return Err(Error::format(
                 path,
-                format!("unsupported architecture (model_type) {other:?}: dgpo runs \"qwen2\" and \"llama\""),
+                format!(
+                    "unsupported architecture (model_type) {other:?}: dgpo runs \"qwen2\" and \"llama\""
+                ),
             ));
         }
         None => return Err(Error::format(path, "missing \"model_type\"")),
@@ -61,9 +66,20 @@ pub fn read_config(path: &Path) -> Result<DecoderConfig> {
     if let Some(act) = c.hidden_act.as_deref()
         && act != "silu"
     {
-        return Err(Error::format(path, format!("unsupported hidden_act {act:?} (only silu)")));
+        return Err(Error::format(
+            path,
+            format!("unsupported hidden_act {act:?} (only silu)"),
+        ));
     }
-    let rope_scaling = match c.rope_scaling {
+    let mut rope_theta = c.rope_theta;
+    let mut rope_scaling_json = c.rope_scaling;
+    if let Some(p) = &c.rope_parameters {
+        rope_theta = rope_theta.or_else(|| p.get("rope_theta").and_then(|v| v.as_f64()));
+        if rope_scaling_json.is_none() {
+            rope_scaling_json = serde_json::from_value(p.clone()).ok();
+        }
+    }
+    let rope_scaling = match rope_scaling_json {
         None => None,
         Some(s) => {
             let kind = s.rope_type.or(s.kind).unwrap_or_default();
@@ -76,7 +92,10 @@ pub fn read_config(path: &Path) -> Result<DecoderConfig> {
                 }),
                 "default" | "" => None,
                 other => {
-                    return Err(Error::format(path, format!("unsupported rope_scaling type {other:?}")));
+                    return Err(Error::format(
+                        path,
+                        format!("unsupported rope_scaling type {other:?}"),
+                    ));
                 }
             }
         }
@@ -89,9 +108,11 @@ pub fn read_config(path: &Path) -> Result<DecoderConfig> {
         num_layers: c.num_hidden_layers,
         num_heads: c.num_attention_heads,
         num_kv_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
-        head_dim: c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads.max(1)),
+        head_dim: c
+            .head_dim
+            .unwrap_or(c.hidden_size / c.num_attention_heads.max(1)),
         max_position: c.max_position_embeddings.unwrap_or(4096),
-        rope_theta: c.rope_theta.unwrap_or(10_000.0),
+        rope_theta: rope_theta.unwrap_or(10_000.0),
         rms_norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
         tie_embeddings: c.tie_word_embeddings.unwrap_or(false),
         attention_bias: c.attention_bias.unwrap_or(arch == Arch::Qwen2),
@@ -134,21 +155,31 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(Error::format(dir, "no *.safetensors file in the model folder"));
+        return Err(Error::format(
+            dir,
+            "no *.safetensors file in the model folder",
+        ));
     }
     Ok(files)
 }
 
 /// Build decoder weights from a var builder using HF tensor names. Works for memory-mapped
 /// checkpoints (inference) and for a `VarMap` (training: every weight becomes a trainable var).
-pub fn weights_from_var_builder(cfg: &DecoderConfig, vb: &VarBuilder) -> candle_core::Result<Weights> {
+pub fn weights_from_var_builder(
+    cfg: &DecoderConfig,
+    vb: &VarBuilder,
+) -> candle_core::Result<Weights> {
     let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
     let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
     let m = vb.pp("model");
     let embed = m.pp("embed_tokens").get((cfg.vocab_size, h), "weight")?;
     let lin = |vb: VarBuilder, out: usize, inp: usize, bias: bool| -> candle_core::Result<Linear> {
         let w = vb.get((out, inp), "weight")?;
-        let b = if bias { Some(vb.get(out, "bias")?) } else { None };
+        let b = if bias {
+            Some(vb.get(out, "bias")?)
+        } else {
+            None
+        };
         Ok(Linear::Dense(candle_nn::Linear::new(w, b)))
     };
     let mut blocks = Vec::with_capacity(cfg.num_layers);
@@ -174,29 +205,44 @@ pub fn weights_from_var_builder(cfg: &DecoderConfig, vb: &VarBuilder) -> candle_
     } else {
         lin(vb.pp("lm_head"), cfg.vocab_size, h, false)?
     };
-    Ok(Weights { embed: Embedding::Dense(embed), blocks, norm, lm_head, rope_freqs: None })
+    Ok(Weights {
+        embed: Embedding::Dense(embed),
+        blocks,
+        norm,
+        lm_head,
+        rope_freqs: None,
+    })
 }
 
 /// Load a decoder from an HF folder, converting weights to `dtype` (f32 on CPU).
 pub fn load_decoder(dir: &Path, dtype: DType, device: &Device, ops: Ops) -> Result<Decoder> {
     let cfg_path = dir.join("config.json");
     if !cfg_path.exists() {
-        return Err(Error::format(dir, "not a model folder: config.json is missing"));
+        return Err(Error::format(
+            dir,
+            "not a model folder: config.json is missing",
+        ));
     }
     let cfg = read_config(&cfg_path)?;
     let files = safetensors_files(dir)?;
     for f in &files {
         if !f.exists() {
-            return Err(Error::format(f, "safetensors shard listed in the index is missing"));
+            return Err(Error::format(
+                f,
+                "safetensors shard listed in the index is missing",
+            ));
         }
     }
     // SAFETY: the files are memory-mapped read-only; like every mmap-based loader we assume
     // they are not modified while the model is alive.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }.map_err(|e| {
-        Error::format(&files[0], format!("cannot read safetensors: {e}"))
-    })?;
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
+        .map_err(|e| Error::format(&files[0], format!("cannot read safetensors: {e}")))?;
     let w = weights_from_var_builder(&cfg, &vb).map_err(|e| {
-        let shown = if files.len() == 1 { files[0].clone() } else { dir.to_path_buf() };
+        let shown = if files.len() == 1 {
+            files[0].clone()
+        } else {
+            dir.to_path_buf()
+        };
         Error::format(shown, format!("bad weights: {e}"))
     })?;
     Decoder::new(cfg, w, ops, device)

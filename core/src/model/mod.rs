@@ -4,10 +4,11 @@
 //! Backends: [`CandleModel`] (pure Rust; HF safetensors folders and GGUF files) and, with the
 //! `llama` feature, llama.cpp through `llama-cpp-2`.
 
+mod candle_backend;
 pub mod decoder;
+pub mod export;
 pub mod gguf;
 pub mod hf;
-mod candle_backend;
 
 pub use candle_backend::CandleModel;
 pub use decoder::{Arch, Decoder, DecoderConfig, KvCache, Ops};
@@ -86,7 +87,9 @@ impl std::str::FromStr for BackendKind {
             "auto" => Ok(BackendKind::Auto),
             "candle" => Ok(BackendKind::Candle),
             "llama" | "llama.cpp" | "llamacpp" => Ok(BackendKind::Llama),
-            other => Err(Error::invalid(format!("unknown backend {other:?} (auto, candle, llama)"))),
+            other => Err(Error::invalid(format!(
+                "unknown backend {other:?} (auto, candle, llama)"
+            ))),
         }
     }
 }
@@ -108,13 +111,19 @@ pub struct LoadOptions {
 pub fn is_gguf(path: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 4];
-    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
 }
 
 /// Load a model: an HF folder (config.json + safetensors) or a GGUF file.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Arc<dyn LanguageModel>> {
     if !path.exists() {
-        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder")));
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+        ));
     }
     if path.is_dir() {
         if opts.backend == BackendKind::Llama {
@@ -126,7 +135,10 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Arc<dyn LanguageModel>> {
         return Ok(Arc::new(CandleModel::from_hf_folder(path, opts)?));
     }
     if !is_gguf(path) {
-        return Err(Error::format(path, "not a GGUF file (bad magic) and not a model folder"));
+        return Err(Error::format(
+            path,
+            "not a GGUF file (bad magic) and not a model folder",
+        ));
     }
     let use_llama = match opts.backend {
         BackendKind::Candle => false,

@@ -25,7 +25,9 @@ pub struct MemoryRetriever {
 
 /// Lowercased alphanumeric words: the analyzer for both passages and queries.
 pub(crate) fn words(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(|w| w.to_lowercase())
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase())
 }
 
 impl MemoryRetriever {
@@ -50,7 +52,12 @@ impl MemoryRetriever {
         } else {
             doc_len.iter().map(|&n| n as f32).sum::<f32>() / doc_len.len() as f32
         };
-        MemoryRetriever { passages, postings, doc_len, avg_len: avg_len.max(1.0) }
+        MemoryRetriever {
+            passages,
+            postings,
+            doc_len,
+            avg_len: avg_len.max(1.0),
+        }
     }
 
     /// Load and index a JSONL corpus (see [`crate::corpus`]).
@@ -72,7 +79,9 @@ impl Retriever for MemoryRetriever {
         terms.sort();
         terms.dedup();
         for t in &terms {
-            let Some(list) = self.postings.get(t) else { continue };
+            let Some(list) = self.postings.get(t) else {
+                continue;
+            };
             let df = list.len() as f32;
             let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
             for &(doc, tf) in list {
@@ -87,7 +96,10 @@ impl Retriever for MemoryRetriever {
         order.truncate(k);
         Ok(order
             .into_iter()
-            .map(|i| Hit { passage: self.passages[i].clone(), score: scores[i] })
+            .map(|i| Hit {
+                passage: self.passages[i].clone(),
+                score: scores[i],
+            })
             .collect())
     }
 
@@ -102,7 +114,10 @@ mod tests {
 
     fn corpus() -> Vec<Passage> {
         vec![
-            Passage::from_contents("0", "\"Paris\"\nParis is the capital and largest city of France."),
+            Passage::from_contents(
+                "0",
+                "\"Paris\"\nParis is the capital and largest city of France.",
+            ),
             Passage::from_contents("1", "\"Berlin\"\nBerlin is the capital of Germany."),
             Passage::from_contents("2", "\"Lyon\"\nLyon is a city in France, known for food."),
         ]
@@ -119,7 +134,11 @@ mod tests {
         let avg = lens.iter().sum::<f32>() / 3.0;
         let norm = K1 * (1.0 - B + B * lens[0] / avg);
         let expect = 3.0 * idf * (K1 + 1.0) / (1.0 + norm);
-        assert!((hits[0].score - expect).abs() < 1e-5, "{} vs {expect}", hits[0].score);
+        assert!(
+            (hits[0].score - expect).abs() < 1e-5,
+            "{} vs {expect}",
+            hits[0].score
+        );
         assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
     }
 

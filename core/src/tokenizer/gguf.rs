@@ -24,5 +24,21 @@ pub struct GgufTokenizer {
 
 /// Build from `tokenizer.ggml.*` metadata.
 pub fn tokenizer_from_gguf(_md: &HashMap<String, Value>) -> Result<GgufTokenizer> {
-    Err(Error::Tokenizer("GGUF tokenizers are not supported yet".into()))
+    Err(Error::Tokenizer(
+        "GGUF tokenizers are not supported yet".into(),
+    ))
+}
+
+/// GGUF `tokenizer.ggml.*` metadata for a tokenizer.json.
+pub fn gguf_tokenizer_metadata(
+    _tokenizer_json: &serde_json::Value,
+    _pre: &str,
+    _vocab_size: usize,
+    _bos_id: Option<u32>,
+    _eos_id: Option<u32>,
+    _add_bos: bool,
+) -> Result<Vec<(String, Value)>> {
+    Err(Error::Tokenizer(
+        "GGUF tokenizers are not supported yet".into(),
+    ))
 }

@@ -38,7 +38,12 @@ impl Tokenizer {
         bos_id: Option<u32>,
         add_bos: bool,
     ) -> Self {
-        Tokenizer { inner, eos_ids, bos_id, add_bos }
+        Tokenizer {
+            inner,
+            eos_ids,
+            bos_id,
+            add_bos,
+        }
     }
 
     /// Load `tokenizer.json`.
@@ -86,7 +91,10 @@ impl Tokenizer {
     /// Encode text. Special-token strings (e.g. `<|im_start|>`) in `text` become their ids, as
     /// chat templates require; no BOS/EOS is added (callers add BOS via [`Tokenizer::add_bos`]).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode_fast(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -104,6 +112,8 @@ impl Tokenizer {
 
     /// Decode ids to text (special tokens are kept, so protocol text round-trips).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, false).map_err(|e| Error::Tokenizer(e.to_string()))
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 }

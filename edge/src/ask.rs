@@ -1,0 +1,156 @@
+//! `edge ask`: one question through the agent loop.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use dgpo_core::agent::{Agent, AgentConfig, AgentEvent};
+use dgpo_core::model::{BackendKind, LoadOptions};
+use dgpo_core::retrieve::{MemoryRetriever, Retriever};
+use dgpo_core::sampling::SamplingParams;
+use dgpo_core::trace::StepAction;
+
+/// Arguments of `edge ask`.
+#[derive(Args, Debug)]
+pub struct AskArgs {
+    /// Model: a GGUF file or an HF folder (config.json + safetensors + tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// tokenizer.json to use instead of the model's own.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Corpus in JSONL (wiki-18 `{"id","contents"}` or `{"id","title","text"}` rows), searched
+    /// exactly in memory with BM25.
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    /// Backend: auto, candle or llama.
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
+    /// Search turns before the final answer-only turn.
+    #[arg(long, default_value_t = 4)]
+    pub max_turns: usize,
+    /// Passages per search.
+    #[arg(long, default_value_t = 3)]
+    pub topk: usize,
+    /// New-token cap per turn.
+    #[arg(long, default_value_t = 500)]
+    pub max_turn_tokens: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// RNG seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// CPU threads (llama.cpp backend).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print the trace as one JSON object instead of the live view.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not wrap the prompt in the model's chat template.
+    #[arg(long)]
+    pub no_chat_template: bool,
+    /// The question.
+    pub question: String,
+}
+
+/// Open the retriever named on the command line.
+pub fn open_retriever(corpus: Option<&PathBuf>) -> Result<Box<dyn Retriever>> {
+    match corpus {
+        Some(p) => Ok(Box::new(
+            MemoryRetriever::from_jsonl(p)
+                .with_context(|| format!("loading corpus {}", p.display()))?,
+        )),
+        None => bail!("no corpus given: pass --corpus corpus.jsonl"),
+    }
+}
+
+/// Run `edge ask`.
+pub fn run(args: AskArgs) -> Result<()> {
+    if args.question.trim().is_empty() {
+        bail!("the question is empty");
+    }
+    let opts = LoadOptions {
+        tokenizer: args.tokenizer.clone(),
+        backend: args.backend.parse::<BackendKind>()?,
+        threads: args.threads,
+        max_context: None,
+    };
+    let model = dgpo_core::model::load(&args.model, &opts)?;
+    let retriever = open_retriever(args.corpus.as_ref())?;
+    let cfg = AgentConfig {
+        max_turns: args.max_turns,
+        topk: args.topk,
+        max_turn_tokens: args.max_turn_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+        chat_template: !args.no_chat_template,
+        ..AgentConfig::default()
+    };
+    let agent = Agent::new(model.as_ref(), retriever.as_ref(), cfg);
+    let live = !args.json;
+    let mut out = std::io::stdout().lock();
+    let (trace, _) = agent.run_with(
+        &args.question,
+        &mut |ev| {
+            if !live {
+                return;
+            }
+            match ev {
+                AgentEvent::Text(t) => {
+                    let _ = write!(out, "{t}");
+                    let _ = out.flush();
+                }
+                AgentEvent::Step(step) => {
+                    if let StepAction::Search {
+                        docs,
+                        executed: true,
+                        ..
+                    } = &step.action
+                    {
+                        let _ = writeln!(out);
+                        for (i, d) in docs.iter().enumerate() {
+                            let _ = writeln!(
+                                out,
+                                "  [doc {}] {} (id {}, score {:.3})",
+                                i + 1,
+                                d.title,
+                                d.id,
+                                d.score
+                            );
+                        }
+                    } else {
+                        let _ = writeln!(out);
+                    }
+                }
+            }
+        },
+        &|| false,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string(&trace)?);
+    } else {
+        let t = &trace.timings;
+        println!(
+            "\nanswer: {}\n({} steps, {} searches, {} prompt + {} generated + {} observation tokens; prefill {:.0} ms, decode {:.0} ms, retrieval {:.0} ms, total {:.0} ms)",
+            trace.answer.as_deref().unwrap_or("(none)"),
+            trace.steps.len(),
+            trace.search_count(),
+            trace.prompt_tokens,
+            trace.generated_tokens,
+            trace.observation_tokens,
+            t.prefill_ms,
+            t.decode_ms,
+            t.retrieval_ms,
+            t.total_ms
+        );
+    }
+    Ok(())
+}
