@@ -105,13 +105,13 @@ impl DecoderConfig {
         if c.vocab_size == 0 || c.hidden_size == 0 || c.num_layers == 0 || c.num_heads == 0 {
             return Err(Error::invalid("model config has a zero dimension"));
         }
-        if c.num_kv_heads == 0 || c.num_heads % c.num_kv_heads != 0 {
+        if c.num_kv_heads == 0 || !c.num_heads.is_multiple_of(c.num_kv_heads) {
             return Err(Error::invalid(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 c.num_heads, c.num_kv_heads
             )));
         }
-        if c.head_dim % 2 != 0 {
+        if !c.head_dim.is_multiple_of(2) {
             return Err(Error::invalid(format!(
                 "head_dim {} must be even for RoPE",
                 c.head_dim
