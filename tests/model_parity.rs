@@ -310,3 +310,21 @@ fn transformers5_config_keys_parse_the_same() {
         assert_eq!(old, new, "{name}");
     }
 }
+
+#[test]
+fn long_prefill_gemm_path_matches_token_by_token_decoding() {
+    // Prompts of >= PREFILL_GEMM_MIN_ROWS tokens take the dequantise-and-GEMM path; single
+    // tokens take candle's quantised dot products. Both must agree.
+    let (_tmp, path) = export("tiny-qwen2", Quant::Q8_0);
+    let m = gguf_candle(&path);
+    let ids: Vec<u32> = (0..48u32).map(|i| (i * 37 + 5) % 500).collect();
+    assert!(ids.len() >= dgpo::model::decoder::PREFILL_GEMM_MIN_ROWS);
+    let batch = m.new_session().unwrap().feed_all(&ids).unwrap();
+    let mut s = m.new_session().unwrap();
+    let step: Vec<Vec<f32>> = ids.iter().map(|&t| s.feed(&[t]).unwrap()).collect();
+    let diff = max_abs_diff(&batch, &step);
+    assert!(diff < 0.05, "GEMM prefill vs quantised decode: {diff}");
+    for (a, b) in batch.iter().zip(&step) {
+        assert_eq!(dgpo::sampling::argmax(a), dgpo::sampling::argmax(b));
+    }
+}

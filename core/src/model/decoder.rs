@@ -144,11 +144,28 @@ pub enum Linear {
     },
 }
 
+/// From this many rows on, a quantised matmul dequantises the weight and runs a dense GEMM.
+///
+/// candle's quantised CPU matmul computes one row-by-row dot product at a time (good for the
+/// single-row decode step, which is bound by reading the weights); a prompt of hundreds of rows
+/// is compute-bound, and a blocked f32 GEMM over the weight dequantised once beats it by far.
+pub const PREFILL_GEMM_MIN_ROWS: usize = 32;
+
 impl Linear {
     /// Apply the layer.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Linear::Dense(l) => l.forward(x)?,
+            Linear::Quant { w: QMatMul::QTensor(q), b }
+                if x.elem_count() / x.dim(D::Minus1)? >= PREFILL_GEMM_MIN_ROWS =>
+            {
+                let wd = q.dequantize(x.device())?;
+                let y = x.broadcast_matmul(&wd.t()?)?;
+                match b {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                }
+            }
             Linear::Quant { w, b } => {
                 let y = w.forward(x)?;
                 match b {
