@@ -50,6 +50,13 @@ fn write_random_qwen(path: &Path, layers: usize) -> dgpo::Result<()> {
     let hd = h / nh;
     let q = |shape: (usize, usize), dt: GgmlDType| -> dgpo::Result<QTensor> {
         let t = Tensor::randn(0f32, 0.02, shape, &dev)?;
+        // Rows of 896 are not a multiple of the 256-wide k-quant blocks: llama.cpp's Q4_K_M
+        // falls back to Q5_0 / Q8_0 for those tensors, as the real file does.
+        let dt = match dt {
+            GgmlDType::Q4K if !shape.1.is_multiple_of(256) => GgmlDType::Q5_0,
+            GgmlDType::Q6K if !shape.1.is_multiple_of(256) => GgmlDType::Q8_0,
+            d => d,
+        };
         Ok(QTensor::quantize(&t, dt)?)
     };
     let ones = |n: usize| -> dgpo::Result<QTensor> {
@@ -171,7 +178,9 @@ fn bench_llama(path: &Path, prompt: &[u32], decode: usize) -> Option<Row> {
 /// Streaming-read bandwidth of this machine (GB/s) over a buffer far larger than the caches,
 /// with one reader per core: the ceiling for decode, which reads every weight once per token.
 fn memory_bandwidth_gbs() -> f64 {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     let words = (1usize << 30) / 8; // 1 GiB
     let buf: Vec<u64> = (0..words as u64).collect();
     let chunk = words / threads;
@@ -183,7 +192,9 @@ fn memory_bandwidth_gbs() -> f64 {
                 .chunks(chunk)
                 .map(|c| s.spawn(move || c.iter().fold(0u64, |a, &x| a.wrapping_add(x))))
                 .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).fold(0u64, |a, x| a.wrapping_add(x))
+            hs.into_iter()
+                .map(|h| h.join().unwrap())
+                .fold(0u64, |a, x| a.wrapping_add(x))
         });
         std::hint::black_box(sum);
         best = best.max((words * 8) as f64 / t.elapsed().as_secs_f64() / 1e9);
@@ -194,23 +205,40 @@ fn memory_bandwidth_gbs() -> f64 {
 /// One agent question with 3 searches, replayed on the model: prompt, then 3 x (generated
 /// turn + information block), then the answer. With KV reuse only new tokens are prefilled; the
 /// Python reference re-encodes the whole text every turn. Returns (reuse_s, reencode_s).
-fn agent_question(dec: &Decoder, prompt: usize, generated: usize, obs: usize, answer: usize) -> (f64, f64) {
+fn agent_question(
+    dec: &Decoder,
+    prompt: usize,
+    generated: usize,
+    obs: usize,
+    answer: usize,
+) -> (f64, f64) {
     let dev = Device::Cpu;
     let ids = |n: usize, salt: u32| -> Tensor {
-        let v: Vec<u32> = (0..n as u32).map(|i| 1000 + (i * 7919 + salt * 104_729) % 100_000).collect();
-        Tensor::new(v.as_slice(), &dev).unwrap().unsqueeze(0).unwrap()
+        let v: Vec<u32> = (0..n as u32)
+            .map(|i| 1000 + (i * 7919 + salt * 104_729) % 100_000)
+            .collect();
+        Tensor::new(v.as_slice(), &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap()
     };
     let decode = |cache: &mut KvCache, n: usize| {
         for i in 0..n {
             dec.forward_last(&ids(1, i as u32), Some(cache)).unwrap();
         }
     };
-    let segments: Vec<(usize, usize)> = vec![(prompt, generated), (obs, generated), (obs, generated), (obs, answer)];
+    let segments: Vec<(usize, usize)> = vec![
+        (prompt, generated),
+        (obs, generated),
+        (obs, generated),
+        (obs, answer),
+    ];
     // KV reuse.
     let t = Instant::now();
     let mut cache = KvCache::new();
     for (k, &(pre, g)) in segments.iter().enumerate() {
-        dec.forward_last(&ids(pre, k as u32), Some(&mut cache)).unwrap();
+        dec.forward_last(&ids(pre, k as u32), Some(&mut cache))
+            .unwrap();
         decode(&mut cache, g);
     }
     let reuse = t.elapsed().as_secs_f64();
@@ -220,7 +248,8 @@ fn agent_question(dec: &Decoder, prompt: usize, generated: usize, obs: usize, an
     for (k, &(pre, g)) in segments.iter().enumerate() {
         context += pre;
         let mut cache = KvCache::new();
-        dec.forward_last(&ids(context, k as u32), Some(&mut cache)).unwrap();
+        dec.forward_last(&ids(context, k as u32), Some(&mut cache))
+            .unwrap();
         decode(&mut cache, g);
         context += g;
     }
@@ -241,10 +270,19 @@ fn main() {
     #[cfg(feature = "llama")]
     rows.extend(bench_llama(&path, &prompt, n_decode));
     let bw = memory_bandwidth_gbs();
-    let model_gb = std::fs::metadata(&path).map(|m| m.len() as f64 / 1e9).unwrap_or(0.0);
+    let model_gb = std::fs::metadata(&path)
+        .map(|m| m.len() as f64 / 1e9)
+        .unwrap_or(0.0);
     let limit = bw / model_gb;
-    let dec: Decoder = GgufFile::open(&path).unwrap().load_decoder(&Device::Cpu, Some(4096)).unwrap();
-    let (p, g, o, a) = if quick { (24, 2, 16, 2) } else { (300, 40, 250, 30) };
+    let dec: Decoder = GgufFile::open(&path)
+        .unwrap()
+        .load_decoder(&Device::Cpu, Some(4096))
+        .unwrap();
+    let (p, g, o, a) = if quick {
+        (24, 2, 16, 2)
+    } else {
+        (300, 40, 250, 30)
+    };
     let (reuse, reencode) = agent_question(&dec, p, g, o, a);
     println!(
         "\nmodel: {}  prompt {} tokens, decode {} tokens, threads {}",
@@ -265,7 +303,9 @@ fn main() {
             100.0 * r.decode_tok_s / limit
         );
     }
-    println!("\nmemory bandwidth {bw:.1} GB/s, weights {model_gb:.3} GB -> decode limit {limit:.1} tok/s");
+    println!(
+        "\nmemory bandwidth {bw:.1} GB/s, weights {model_gb:.3} GB -> decode limit {limit:.1} tok/s"
+    );
     println!(
         "agent question (prompt {p}, 3 x ({g} generated + {o} observation), answer {a}) on candle: KV reuse {reuse:.2} s, re-encoding every turn {reencode:.2} s ({:.2}x)",
         reencode / reuse

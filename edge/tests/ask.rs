@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn corpus(dir: &Path) -> PathBuf {
@@ -26,14 +29,26 @@ fn edge() -> Command {
 fn ask_json_prints_the_trace() {
     let tmp = tempfile::tempdir().unwrap();
     let out = edge()
-        .args(["ask", "--json", "--max-turns", "1", "--max-turn-tokens", "8", "--model"])
+        .args([
+            "ask",
+            "--json",
+            "--max-turns",
+            "1",
+            "--max-turn-tokens",
+            "8",
+            "--model",
+        ])
         .arg(repo().join("tests/fixtures/tiny-qwen2"))
         .arg("--corpus")
         .arg(corpus(tmp.path()))
         .arg("what is the capital of france")
         .output()
         .unwrap();
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     assert_eq!(v["question"], "what is the capital of france");
     assert!(v.get("answer").is_some());
@@ -48,14 +63,25 @@ fn ask_json_prints_the_trace() {
 fn ask_live_view_prints_the_answer_line() {
     let tmp = tempfile::tempdir().unwrap();
     let out = edge()
-        .args(["ask", "--max-turns", "0", "--max-turn-tokens", "4", "--model"])
+        .args([
+            "ask",
+            "--max-turns",
+            "0",
+            "--max-turn-tokens",
+            "4",
+            "--model",
+        ])
         .arg(repo().join("tests/fixtures/tiny-llama"))
         .arg("--corpus")
         .arg(corpus(tmp.path()))
         .arg("q")
         .output()
         .unwrap();
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("\nanswer: "), "{text}");
 }
@@ -65,7 +91,14 @@ fn bad_inputs_fail_with_a_message_naming_the_problem() {
     let tmp = tempfile::tempdir().unwrap();
     let c = corpus(tmp.path());
     let missing = tmp.path().join("nope.gguf");
-    let out = edge().args(["ask", "--model"]).arg(&missing).arg("--corpus").arg(&c).arg("q").output().unwrap();
+    let out = edge()
+        .args(["ask", "--model"])
+        .arg(&missing)
+        .arg("--corpus")
+        .arg(&c)
+        .arg("q")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nope.gguf"), "{err}");

@@ -156,9 +156,10 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Linear::Dense(l) => l.forward(x)?,
-            Linear::Quant { w: QMatMul::QTensor(q), b }
-                if x.elem_count() / x.dim(D::Minus1)? >= PREFILL_GEMM_MIN_ROWS =>
-            {
+            Linear::Quant {
+                w: QMatMul::QTensor(q),
+                b,
+            } if x.elem_count() / x.dim(D::Minus1)? >= PREFILL_GEMM_MIN_ROWS => {
                 let wd = q.dequantize(x.device())?;
                 let y = x.broadcast_matmul(&wd.t()?)?;
                 match b {

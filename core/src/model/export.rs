@@ -166,9 +166,14 @@ pub fn export_gguf(dir: &Path, out: &Path, quant: Quant) -> Result<()> {
             GgmlDType::F32
         };
         let last = *t.dims().last().unwrap_or(&0);
-        // k-quants need rows that are multiples of 256, Q8_0 of 32: fall back to F16 otherwise,
-        // as llama.cpp's quantizer does.
-        let dtype = if last % want.block_size() == 0 {
+        // k-quants need rows that are multiples of 256: fall back like llama.cpp's quantizer
+        // (Q4_K -> Q5_0, Q6_K -> Q8_0), then to F16 for rows that fit no block at all.
+        let want = match want {
+            GgmlDType::Q4K if !last.is_multiple_of(256) => GgmlDType::Q5_0,
+            GgmlDType::Q6K if !last.is_multiple_of(256) => GgmlDType::Q8_0,
+            d => d,
+        };
+        let dtype = if last.is_multiple_of(want.block_size()) {
             want
         } else {
             GgmlDType::F16
