@@ -59,3 +59,37 @@ impl<R: Retriever + ?Sized> Retriever for Box<R> {
         (**self).describe()
     }
 }
+
+/// Where the agent's passages come from: the one switch every front end (CLI, server, FFI)
+/// passes to [`open`], so that adding a retriever kind touches one place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetrieverSpec {
+    /// A JSONL corpus searched exactly in memory (BM25): small corpora, tests and demos.
+    Corpus(std::path::PathBuf),
+    /// A disk index directory built by `edge index build`; `embedder` overrides the query
+    /// embedder recorded in the index (it must produce the same vectors).
+    Index {
+        /// The index directory.
+        dir: std::path::PathBuf,
+        /// Query embedder folder (or `hash`); `None` uses the one the index records.
+        embedder: Option<String>,
+    },
+    /// A server speaking Search-R1's `POST /retrieve` JSON API.
+    Remote(String),
+}
+
+/// Open the retriever `spec` names.
+pub fn open(spec: &RetrieverSpec) -> Result<std::sync::Arc<dyn Retriever>> {
+    match spec {
+        RetrieverSpec::Corpus(path) => Ok(std::sync::Arc::new(MemoryRetriever::from_jsonl(path)?)),
+        RetrieverSpec::Index { dir, .. } => Err(crate::Error::Index {
+            path: dir.clone(),
+            msg: "this build has no disk index support yet".into(),
+        }),
+        RetrieverSpec::Remote(url) => Err(crate::Error::Remote {
+            url: url.clone(),
+            msg: "this build has no remote retriever yet".into(),
+        }),
+    }
+}

@@ -4,17 +4,20 @@
 //! Only byte-level BPE vocabularies (`tokenizer.ggml.model = "gpt2"`) are supported: the
 //! tokenizer of GPT-2, Llama 3, Qwen2/2.5, SmolLM and most recent small models.
 //!
-//! The rebuilt tokenizer is assembled as a `tokenizer.json` document and deserialised by the
-//! `tokenizers` crate, so it behaves exactly like the model's own `tokenizer.json`:
+//! The rebuilt tokenizer is what the model's own `tokenizer.json` describes (the pipeline is
+//! deserialised from `tokenizer.json` form by the `tokenizers` crate; only the BPE model is
+//! built directly, as deserialisation would, to skip a JSON detour for 150k tokens):
 //!
-//! * `model`: BPE with the GGUF vocabulary (every token at its GGUF id, control and
-//!   user-defined tokens included) and merges, `byte_fallback: false`;
-//! * `pre_tokenizer`: the split regex that `tokenizer.ggml.pre` names (the same regexes
-//!   llama.cpp uses in `llama-vocab.cpp`, in the form the models' `tokenizer.json` files have
-//!   them), then `ByteLevel` without its own regex;
+//! * `model`: BPE with the GGUF vocabulary (every token at its GGUF id, control, user-defined
+//!   and unused/padding tokens included) and merges, `byte_fallback: false`, `ignore_merges`
+//!   where llama.cpp sets it (the Llama 3 family);
+//! * `pre_tokenizer`: the split regex that `tokenizer.ggml.pre` names (the regexes llama.cpp
+//!   uses in `llama-vocab.cpp`, in the form the models' `tokenizer.json` files have them),
+//!   then `ByteLevel` without its own regex; SmolLM: `Digits` (individual) then `ByteLevel`
+//!   with the GPT-2 regex, as in SmolLM2's `tokenizer.json`;
 //! * `normalizer`: NFC for Qwen2 (as in Qwen2's `tokenizer.json`), none otherwise;
 //! * `decoder`: `ByteLevel`;
-//! * `added_tokens`: control tokens (type 3) as special, user-defined ones (type 4) as
+//! * added tokens: control tokens (type 3) as special, user-defined ones (type 4) as
 //!   non-special, all matched on the raw text.
 //!
 //! No BOS is added by the tokenizer itself: [`GgufTokenizer::add_bos`] tells the caller to do it.
@@ -102,7 +105,7 @@ impl std::fmt::Debug for GgufTokenizer {
 enum PreKind {
     /// GPT-2 regex (`gpt-2`, `default`, missing, ...).
     Gpt2,
-    /// Qwen2 regex plus NFC (`qwen2`, `deepseek-r1-qwen`, `megrez`, `stablelm2`).
+    /// Qwen2 regex plus NFC (`qwen2`, `deepseek-r1-qwen`).
     Qwen2,
     /// Llama 3 regex (`llama-bpe`, `llama3`, ...).
     Llama3,
@@ -121,7 +124,7 @@ struct PreSpec {
 }
 
 /// The pre-tokenizer names accepted, for error messages.
-const KNOWN_PRES: &str = "qwen2, deepseek-r1-qwen, megrez, stablelm2, llama-bpe, llama3, llama-v3, \
+const KNOWN_PRES: &str = "qwen2, deepseek-r1-qwen, llama-bpe, llama3, llama-v3, \
      falcon3, dbrx, smaug-bpe, smollm, starcoder, refact, codeshell, gpt2, gpt-2, phi-2, mpt, olmo, \
      jais, default";
 
@@ -132,7 +135,7 @@ fn pre_spec(pre: &str) -> Option<PreSpec> {
         add_bos_default,
     };
     Some(match pre {
-        "qwen2" | "deepseek-r1-qwen" | "megrez" | "stablelm2" => spec(PreKind::Qwen2, false, false),
+        "qwen2" | "deepseek-r1-qwen" => spec(PreKind::Qwen2, false, false),
         "llama-bpe" | "llama3" | "llama-v3" | "falcon3" => spec(PreKind::Llama3, true, true),
         "dbrx" | "smaug-bpe" => spec(PreKind::Llama3, false, false),
         "smollm" | "starcoder" | "refact" | "codeshell" => spec(PreKind::SmolLm, false, false),
@@ -359,15 +362,14 @@ pub fn tokenizer_from_gguf(md: &HashMap<String, Value>) -> Result<GgufTokenizer>
     // Vocabulary: every token at its GGUF id. Added tokens must be in the model vocab too:
     // `tokenizers` gives an added token the model's id for its content, and otherwise numbers
     // it after the model vocab, which would shift ids. A duplicate string keeps its first id.
-    let mut vocab = serde_json::Map::with_capacity(n);
+    let mut vocab = tokenizers::models::bpe::Vocab::with_capacity(n);
     for (id, tok) in tokens.iter().enumerate() {
-        if !vocab.contains_key(*tok) {
-            vocab.insert((*tok).to_string(), json!(id));
-        }
+        vocab.entry((*tok).to_string()).or_insert(id as u32);
     }
-    let mut merge_pairs = Vec::with_capacity(merges.len());
+    let mut merge_pairs: tokenizers::models::bpe::Merges = Vec::with_capacity(merges.len());
+    let mut joined = String::new();
     for (i, m) in merges.iter().enumerate() {
-        // llama.cpp splits at the first space after the first byte.
+        // llama.cpp splits at the first space after the first character.
         let pos = m
             .char_indices()
             .skip(1)
@@ -386,63 +388,64 @@ pub fn tokenizer_from_gguf(md: &HashMap<String, Value>) -> Result<GgufTokenizer>
                 )));
             }
         }
-        if !vocab.contains_key(&format!("{a}{b}")) {
+        joined.clear();
+        joined.push_str(a);
+        joined.push_str(b);
+        if !vocab.contains_key(&joined) {
             return Err(Error::Tokenizer(format!(
                 "GGUF metadata {KEY_MERGES}[{i}]: the merge of {m:?} is not in {KEY_TOKENS}"
             )));
         }
-        merge_pairs.push(json!([a, b]));
+        merge_pairs.push((a.to_string(), b.to_string()));
     }
 
+    // Control (special) and user-defined (not special) tokens, matched on the raw text.
     let mut added = Vec::new();
     if let Some(types) = &types {
         for (id, (&t, tok)) in types.iter().zip(&tokens).enumerate() {
-            let special = match t as i32 {
-                TYPE_CONTROL => true,
-                TYPE_USER_DEFINED => false,
+            let special = match t {
+                t if t == TYPE_CONTROL as i64 => true,
+                t if t == TYPE_USER_DEFINED as i64 => false,
                 _ => continue,
             };
-            if tok.is_empty() || vocab.get(*tok).and_then(|v| v.as_u64()) != Some(id as u64) {
+            if tok.is_empty() || vocab.get(*tok) != Some(&(id as u32)) {
                 continue; // a duplicate of an earlier token: unreachable by text anyway
             }
-            added.push(json!({
-                "id": id,
-                "content": tok,
-                "single_word": false,
-                "lstrip": false,
-                "rstrip": false,
-                "normalized": false,
-                "special": special,
-            }));
+            added.push(tokenizers::AddedToken::from(*tok, special).normalized(false));
         }
     }
 
+    // The model is built directly (what deserialising a tokenizer.json does, without a JSON
+    // detour for 150k tokens); the rest of the pipeline comes from tokenizer.json form, and the
+    // added tokens are added last, as deserialisation does.
+    let bpe = tokenizers::models::bpe::BPE::builder()
+        .vocab_and_merges(vocab, merge_pairs)
+        .byte_fallback(false)
+        .ignore_merges(spec.ignore_merges)
+        .build()
+        .map_err(|e| {
+            Error::Tokenizer(format!(
+                "cannot build a BPE model from GGUF metadata {KEY_TOKENS}/{KEY_MERGES}: {e}"
+            ))
+        })?;
     let (normalizer, pre_tokenizer) = pre_json(spec.kind);
     let doc = json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
-        "added_tokens": added,
+        "added_tokens": [],
         "normalizer": normalizer,
         "pre_tokenizer": pre_tokenizer,
         "post_processor": null,
         "decoder": byte_level(false),
-        "model": {
-            "type": "BPE",
-            "dropout": null,
-            "unk_token": null,
-            "continuing_subword_prefix": null,
-            "end_of_word_suffix": null,
-            "fuse_unk": false,
-            "byte_fallback": false,
-            "ignore_merges": spec.ignore_merges,
-            "vocab": vocab,
-            "merges": merge_pairs,
-        },
+        "model": { "type": "BPE", "vocab": {}, "merges": [] },
     });
-    let tokenizer: tokenizers::Tokenizer = serde_json::from_value(doc).map_err(|e| {
+    let mut tokenizer: tokenizers::Tokenizer = serde_json::from_value(doc)
+        .map_err(|e| Error::Tokenizer(format!("cannot build the {pre:?} pre-tokenizer: {e}")))?;
+    tokenizer.with_model(bpe);
+    tokenizer.add_tokens(added).map_err(|e| {
         Error::Tokenizer(format!(
-            "cannot build a tokenizer from GGUF metadata {KEY_TOKENS}/{KEY_MERGES} (pre {pre:?}): {e}"
+            "cannot add the control/user-defined tokens of GGUF metadata {KEY_TOKEN_TYPE}: {e}"
         ))
     })?;
 
@@ -911,6 +914,14 @@ mod tests {
         let t = tokenizer_from_gguf(&md2).unwrap();
         assert_eq!(t.eot_ids, vec![0, 5, 6]); // <|endoftext|> is id 0
         assert_eq!(t.chat_template.as_deref(), Some("{{ x }}"));
+    }
+
+    #[test]
+    fn every_listed_pre_is_accepted() {
+        for name in KNOWN_PRES.split(", ") {
+            assert!(pre_spec(name.trim()).is_some(), "{name}");
+        }
+        assert!(pre_spec("klingon").is_none());
     }
 
     fn err_of(md: &HashMap<String, Value>) -> String {
