@@ -5,7 +5,12 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{fixture, greedy, max_abs_diff, reference};
+use common::{assert_greedy_agrees, fixture, greedy, greedy_with_margins, max_abs_diff, reference};
+
+/// How far Q8_0 rounding (of weights, and in the decode path of activations) moves the logits of
+/// the tiny random fixtures: measured up to 0.06; a step whose top-2 margin is below this is a
+/// tie on which two correct implementations may choose differently.
+const Q8_TIE: f32 = 0.1;
 use dgpo::model::export::{Quant, export_gguf};
 use dgpo::model::{BackendKind, CandleModel, LanguageModel, LoadOptions};
 
@@ -96,7 +101,7 @@ fn gguf_candle(path: &std::path::Path) -> CandleModel {
 fn check_gguf_roundtrip(name: &str) {
     let r = reference(&fixture(name));
     let hf = load_hf(name);
-    let want = greedy(hf.new_session().unwrap().as_mut(), &r.input_ids, 32);
+    let (want, margins) = greedy_with_margins(hf.new_session().unwrap().as_mut(), &r.input_ids, 32);
     let (_tmp, f32_path) = export(name, Quant::F32);
     let m = gguf_candle(&f32_path);
     let logits = m.new_session().unwrap().feed_all(&r.input_ids).unwrap();
@@ -107,9 +112,15 @@ fn check_gguf_roundtrip(name: &str) {
     let (_tmp2, q8_path) = export(name, Quant::Q8_0);
     let m = gguf_candle(&q8_path);
     let got = greedy(m.new_session().unwrap().as_mut(), &r.input_ids, 32);
-    assert_eq!(
-        got, want,
-        "{name}: Q8_0 GGUF greedy tokens differ from the f32 weights"
+    // Q8_0 moves these random-weight logits by a few hundredths: the paths may only part on a
+    // step whose top-2 margin is below that, and never in the first 16 steps.
+    assert_greedy_agrees(
+        &format!("{name}: Q8_0 GGUF vs f32 weights"),
+        &want,
+        &margins,
+        &got,
+        Q8_TIE,
+        16,
     );
     // The tokenizer rebuilt from GGUF metadata encodes like tokenizer.json.
     let text = "Hello world, the capital of France is Paris.<|im_end|>";
@@ -146,21 +157,35 @@ fn llama_cpp_is_the_reference_for_gguf() {
             },
         )
         .unwrap();
-        let a = candle
+        let b = lcpp.new_session().unwrap().feed_all(&r.input_ids).unwrap();
+        // Both paths of candle (token by token: Q8_0 dot products on activations quantised to
+        // Q8_0; whole prompt: dequantise-and-GEMM in f32) stay within Q8_0 rounding of llama.cpp.
+        let mut s = candle.new_session().unwrap();
+        let step: Vec<Vec<f32>> = r.input_ids.iter().map(|&t| s.feed(&[t]).unwrap()).collect();
+        let whole = candle
             .new_session()
             .unwrap()
             .feed_all(&r.input_ids)
             .unwrap();
-        let b = lcpp.new_session().unwrap().feed_all(&r.input_ids).unwrap();
-        let diff = max_abs_diff(&a, &b);
-        // Both run Q8_0 kernels; llama.cpp also quantises activations, so allow a small gap.
-        assert!(
-            diff < 0.05,
-            "{name}: candle vs llama.cpp logits differ by {diff}"
+        for (path, a) in [("decode", &step), ("GEMM prefill", &whole)] {
+            let diff = max_abs_diff(a, &b);
+            eprintln!("{name}: candle ({path}) vs llama.cpp: max |diff| {diff}");
+            assert!(
+                diff < Q8_TIE,
+                "{name}: candle ({path}) vs llama.cpp logits differ by {diff}"
+            );
+        }
+        let (ga, margins) =
+            greedy_with_margins(lcpp.new_session().unwrap().as_mut(), &r.input_ids, 32);
+        let gb = greedy(candle.new_session().unwrap().as_mut(), &r.input_ids, 32);
+        assert_greedy_agrees(
+            &format!("{name}: candle vs llama.cpp"),
+            &ga,
+            &margins,
+            &gb,
+            Q8_TIE,
+            16,
         );
-        let ga = greedy(candle.new_session().unwrap().as_mut(), &r.input_ids, 32);
-        let gb = greedy(lcpp.new_session().unwrap().as_mut(), &r.input_ids, 32);
-        assert_eq!(ga, gb, "{name}: candle and llama.cpp greedy tokens differ");
     }
 }
 
@@ -202,11 +227,15 @@ fn gguf_with_wrong_tensor_shape_is_refused() {
             .unwrap();
         if name == "blk.1.ffn_up.weight" {
             // (128, 64) -> (64, 64): a wrong shape for this model.
-            let d = t
+            // Copied out: candle's quantizer reads the whole storage of a narrowed view.
+            let rows = t
                 .dequantize(&dgpo::candle_core::Device::Cpu)
                 .unwrap()
                 .narrow(0, 0, 64)
+                .unwrap()
+                .to_vec2::<f32>()
                 .unwrap();
+            let d = dgpo::candle_core::Tensor::new(rows, &dgpo::candle_core::Device::Cpu).unwrap();
             t = dgpo::candle_core::quantized::QTensor::quantize(
                 &d,
                 dgpo::candle_core::quantized::GgmlDType::F32,
@@ -322,9 +351,18 @@ fn long_prefill_gemm_path_matches_token_by_token_decoding() {
     let batch = m.new_session().unwrap().feed_all(&ids).unwrap();
     let mut s = m.new_session().unwrap();
     let step: Vec<Vec<f32>> = ids.iter().map(|&t| s.feed(&[t]).unwrap()).collect();
+    // The decode path quantises activations to Q8_0 (as llama.cpp does); GEMM keeps them f32.
     let diff = max_abs_diff(&batch, &step);
-    assert!(diff < 0.05, "GEMM prefill vs quantised decode: {diff}");
-    for (a, b) in batch.iter().zip(&step) {
-        assert_eq!(dgpo::sampling::argmax(a), dgpo::sampling::argmax(b));
+    assert!(diff < Q8_TIE, "GEMM prefill vs quantised decode: {diff}");
+    for (i, (a, b)) in batch.iter().zip(&step).enumerate() {
+        let mut sorted = a.clone();
+        sorted.sort_by(|x, y| y.total_cmp(x));
+        if sorted[0] - sorted[1] >= 2.0 * Q8_TIE {
+            assert_eq!(
+                dgpo::sampling::argmax(a),
+                dgpo::sampling::argmax(b),
+                "position {i}"
+            );
+        }
     }
 }

@@ -90,3 +90,56 @@ pub fn greedy(session: &mut dyn dgpo::model::Session, prompt: &[u32], n: usize) 
     }
     out
 }
+
+/// Greedy continuation like [`greedy`], also returning each step's margin between the best and
+/// the second-best logit (how close the step was to a tie).
+pub fn greedy_with_margins(
+    session: &mut dyn dgpo::model::Session,
+    prompt: &[u32],
+    n: usize,
+) -> (Vec<u32>, Vec<f32>) {
+    let mut logits = session.feed(prompt).expect("prefill");
+    let mut out = Vec::with_capacity(n);
+    let mut margins = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = dgpo::sampling::argmax(&logits);
+        let best = logits[t as usize];
+        let second = logits
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != t as usize)
+            .map(|(_, &x)| x)
+            .fold(f32::NEG_INFINITY, f32::max);
+        out.push(t);
+        margins.push(best - second);
+        logits = session.feed(&[t]).expect("decode");
+    }
+    (out, margins)
+}
+
+/// Asserts that `got` follows the greedy path `want` (whose per-step top-1/top-2 margins are
+/// `margins`) until the first step that was a near-tie (margin < `tie`), where two correct
+/// implementations with different rounding may legitimately part ways. A divergence at a step
+/// with a clear margin fails, and so does a divergence within the first `min_agree` steps.
+pub fn assert_greedy_agrees(
+    what: &str,
+    want: &[u32],
+    margins: &[f32],
+    got: &[u32],
+    tie: f32,
+    min_agree: usize,
+) {
+    assert_eq!(want.len(), got.len(), "{what}: lengths");
+    if let Some(i) = want.iter().zip(got).position(|(a, b)| a != b) {
+        assert!(
+            margins[i] < tie && i >= min_agree,
+            "{what}: greedy tokens differ at step {i} where the reference margin was {} \
+             (tie threshold {tie}, at least {min_agree} steps must agree)\n  want: {want:?}\n   got: {got:?}",
+            margins[i]
+        );
+        eprintln!(
+            "{what}: paths part at step {i} on a near-tie (margin {}), {i} steps agreed",
+            margins[i]
+        );
+    }
+}
