@@ -202,7 +202,9 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Result<Resp, ApiE
                 &question,
                 &c2,
                 &mut |_| {},
-            )?;
+            );
+            app2.note_outcome(&t, &c2);
+            let t = t?;
             record(&app2, &t);
             Ok::<_, Error>(t)
         })
@@ -233,6 +235,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Result<Resp, ApiE
                 }
             },
         );
+        app.note_outcome(&result, &cancel);
         match result {
             Ok(t) => {
                 record(&app, &t);

@@ -129,11 +129,22 @@ impl App {
         }
     }
 
-    /// Map a job's error to an answer (and count cancellations).
+    /// Count a job that stopped early (called by the job itself, which runs to its end even
+    /// when the handler that started it is gone).
+    pub fn note_outcome<T>(&self, r: &dgpo_core::Result<T>, cancel: &Cancel) {
+        if let Err(Error::Cancelled) = r {
+            if cancel.timed_out() {
+                self.metrics.timeout();
+            } else {
+                self.metrics.cancelled();
+            }
+        }
+    }
+
+    /// Map a job's error to an answer.
     pub fn job_error(&self, e: Error, cancel: &Cancel) -> ApiError {
         match e {
             Error::Cancelled if cancel.timed_out() => {
-                self.metrics.timeout();
                 ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "timeout",
@@ -144,7 +155,6 @@ impl App {
                 )
             }
             Error::Cancelled => {
-                self.metrics.cancelled();
                 // Nobody reads this (the client is gone or the server is stopping); 499 is
                 // the usual "client closed request" status, visible in /metrics.
                 ApiError::new(

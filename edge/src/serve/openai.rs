@@ -326,7 +326,9 @@ pub async fn completions(app: &Arc<App>, req: Request<Incoming>) -> Result<Resp,
     if !r.stream.unwrap_or(false) {
         let (app2, c2) = (app.clone(), cancel.clone());
         let (prompt_tokens, g) = run_job(&cancel, permit, move || {
-            let out = run(model.as_ref(), job, &c2, &mut |_| {})?;
+            let out = run(model.as_ref(), job, &c2, &mut |_| {});
+            app2.note_outcome(&out, &c2);
+            let out = out?;
             record(&app2, out.0, &out.1);
             Ok::<_, Error>(out)
         })
@@ -378,6 +380,7 @@ pub async fn completions(app: &Arc<App>, req: Request<Incoming>) -> Result<Resp,
                 sink.data(&chunk(json!({"content": t}), None));
             }
         });
+        app.note_outcome(&result, &cancel);
         match result {
             Ok((prompt_tokens, g)) => {
                 record(&app, prompt_tokens, &g);
