@@ -72,7 +72,9 @@ fn config(app: &App, r: &AgentRequest) -> Result<AgentConfig, ApiError> {
             c.max_topk
         )));
     }
-    let max_turn_tokens = r.max_turn_tokens.unwrap_or(d.max_turn_tokens.min(c.max_tokens));
+    let max_turn_tokens = r
+        .max_turn_tokens
+        .unwrap_or(d.max_turn_tokens.min(c.max_tokens));
     if max_turn_tokens == 0 || max_turn_tokens > c.max_tokens {
         return Err(ApiError::bad_request(format!(
             "\"max_turn_tokens\" must be between 1 and {}",

@@ -89,7 +89,11 @@ impl App {
     /// The loaded model and retriever (handlers run only after the readiness check).
     pub fn loaded(&self) -> Result<&Loaded, ApiError> {
         self.loaded.get().ok_or_else(|| {
-            ApiError::unavailable("loading", "the model and the retriever are still loading", 1)
+            ApiError::unavailable(
+                "loading",
+                "the model and the retriever are still loading",
+                1,
+            )
         })
     }
 
@@ -144,16 +148,14 @@ impl App {
     /// Map a job's error to an answer.
     pub fn job_error(&self, e: Error, cancel: &Cancel) -> ApiError {
         match e {
-            Error::Cancelled if cancel.timed_out() => {
-                ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "timeout",
-                    format!(
-                        "generation stopped at the {:.0} s request deadline",
-                        self.cfg.request_timeout.as_secs_f64()
-                    ),
-                )
-            }
+            Error::Cancelled if cancel.timed_out() => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!(
+                    "generation stopped at the {:.0} s request deadline",
+                    self.cfg.request_timeout.as_secs_f64()
+                ),
+            ),
             Error::Cancelled => {
                 // Nobody reads this (the client is gone or the server is stopping); 499 is
                 // the usual "client closed request" status, visible in /metrics.
@@ -279,18 +281,16 @@ pub async fn read_json<T: DeserializeOwned>(
         drain(req).await;
         return Err(too_large());
     }
-    let collected = tokio::time::timeout(
-        BODY_TIMEOUT,
-        Limited::new(req.into_body(), limit).collect(),
-    )
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "invalid_request_error",
-            "timed out reading the request body",
-        )
-    })?;
+    let collected =
+        tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), limit).collect())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "invalid_request_error",
+                    "timed out reading the request body",
+                )
+            })?;
     let bytes = match collected {
         Ok(c) => c.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
@@ -330,7 +330,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Resp, Infal
         Ok(r) => r,
         Err(e) => e.response(),
     };
-    app.metrics.request(route, resp.status().as_u16(), t.elapsed());
+    app.metrics
+        .request(route, resp.status().as_u16(), t.elapsed());
     Ok(resp)
 }
 

@@ -158,9 +158,9 @@ impl EventSink {
             return false;
         }
         let deadline = self.cancel.deadline();
-        let sent = self.rt.block_on(async {
-            tokio::time::timeout_at(deadline.into(), self.tx.send(b)).await
-        });
+        let sent = self
+            .rt
+            .block_on(async { tokio::time::timeout_at(deadline.into(), self.tx.send(b)).await });
         match sent {
             Ok(Ok(())) => true,
             Ok(Err(_)) => {

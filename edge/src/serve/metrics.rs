@@ -206,14 +206,22 @@ impl Metrics {
                 "1 once the model and the retriever are loaded.",
                 g.ready as usize,
             ),
+            ("dgpo_queue_depth", "Requests waiting for a slot.", g.queued),
             (
-                "dgpo_queue_depth",
-                "Requests waiting for a slot.",
-                g.queued,
+                "dgpo_running_jobs",
+                "Model/retriever jobs running.",
+                g.running,
             ),
-            ("dgpo_running_jobs", "Model/retriever jobs running.", g.running),
-            ("dgpo_slots", "Concurrent job slots (--max-concurrency).", g.slots),
-            ("dgpo_queue_capacity", "Queue length (--queue).", g.max_queue),
+            (
+                "dgpo_slots",
+                "Concurrent job slots (--max-concurrency).",
+                g.slots,
+            ),
+            (
+                "dgpo_queue_capacity",
+                "Queue length (--queue).",
+                g.max_queue,
+            ),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");

@@ -287,7 +287,12 @@ impl Holdback<'_> {
     fn push(&mut self, piece: &str) -> Option<String> {
         self.text.push_str(piece);
         let mut safe = self.text.len();
-        if let Some(at) = self.stops.iter().filter_map(|s| self.text.find(s.as_str())).min() {
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.text.find(s.as_str()))
+            .min()
+        {
             safe = at;
         } else {
             for s in self.stops {
