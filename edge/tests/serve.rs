@@ -963,6 +963,9 @@ fn load_500_requests_from_64_clients() {
     );
 }
 
+/// method, path, headers, body, expected status.
+type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], Vec<u8>, u16);
+
 #[test]
 fn bad_input_gets_a_4xx_json_error_never_a_500() {
     let s = Server::start_with_key(&[], Some(KEY));
@@ -971,7 +974,7 @@ fn bad_input_gets_a_4xx_json_error_never_a_500() {
     let mut deep = "[".repeat(100_000);
     deep.push_str(&"]".repeat(100_000));
     let big = vec![b'a'; 10 << 20];
-    let cases: Vec<(&str, &str, &[(&str, &str)], Vec<u8>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         ("POST", "/v1/agent", ok, br#"{"question": "#.to_vec(), 400),
         ("POST", "/v1/agent", ok, br#"{"question": 3}"#.to_vec(), 400),
         (
