@@ -1330,3 +1330,32 @@ fn shutdown_deadline_cancels_what_is_left() {
         assert_ne!(r.status, 200);
     }
 }
+
+#[test]
+fn request_deadline_stops_generation_with_504() {
+    let s = Server::start(&["--request-timeout", "0.3"]);
+    let t = Instant::now();
+    let r = s.post("/v1/agent", &format!("{LONG_AGENT}}}"));
+    assert_eq!(r.status, 504, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"]["type"], "timeout");
+    // Well before the ~1.5 s the full run takes.
+    assert!(
+        t.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        t.elapsed()
+    );
+    // A stream ends with an error event instead.
+    let mut sse = s.stream("/v1/agent", &format!("{LONG_AGENT}, \"stream\": true}}"));
+    let mut last = None;
+    while let Some(e) = sse.next() {
+        last = Some(e);
+    }
+    let (event, data) = last.unwrap();
+    assert_eq!(event, "error");
+    assert_eq!(
+        serde_json::from_str::<Value>(&data).unwrap()["error"]["code"],
+        504
+    );
+    s.wait_metric("dgpo_timeouts_total", 2.0);
+    s.wait_metric("dgpo_running_jobs", 0.0);
+}
