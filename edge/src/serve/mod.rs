@@ -135,11 +135,14 @@ fn positive_secs(name: &str, v: f64) -> Result<Duration> {
 
 /// Run `edge serve` until SIGTERM or ctrl-c.
 pub fn run(args: ServeArgs) -> Result<()> {
+    if args.api_key.as_deref() == Some("") {
+        bail!("--api-key is empty");
+    }
+    // An empty variable counts as unset (`DGPO_API_KEY= edge serve` is a common way to unset).
     let api_key = args
         .api_key
         .clone()
-        .or_else(|| std::env::var(API_KEY_ENV).ok())
-        .filter(|k| !k.is_empty());
+        .or_else(|| std::env::var(API_KEY_ENV).ok().filter(|k| !k.is_empty()));
     if let Some(k) = &api_key
         && (k.len() < 8 || k.chars().any(|c| c.is_whitespace() || c.is_control()))
     {
