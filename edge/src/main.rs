@@ -4,6 +4,7 @@
 //! serve commands.
 
 mod ask;
+mod serve;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Ask one question: the agent thinks, searches the corpus and answers.
     Ask(ask::AskArgs),
+    /// Serve the agent, the retriever and the model over HTTP (loopback by default).
+    Serve(serve::ServeArgs),
 }
 
 fn init_tracing() {
@@ -36,5 +39,6 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Ask(args) => ask::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
