@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod synth;
 pub mod trainer;
 
 pub use model::{Batch, ModelOptions, TrainModel};

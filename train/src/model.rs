@@ -371,7 +371,7 @@ impl TrainModel {
             if !data.contains_key(VALUE_HEAD_WEIGHT) {
                 // Small random weights as transformers initialises `score` (not zeros: a zero head
                 // gives the trunk no gradient on the first critic step).
-                let mut rng = StdRng::seed_from_u64(opts.seed ^ 0x5eed_0f_c71c);
+                let mut rng = StdRng::seed_from_u64(opts.seed ^ 0x5eed_c71c);
                 let w = normal(&mut rng, cfg.hidden_size, 0.02);
                 let w = Tensor::from_vec(w, (1, cfg.hidden_size), &opts.device)?
                     .to_dtype(opts.dtype)?;

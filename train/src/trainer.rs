@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use dgpo_core::agent::Rollout;
 use dgpo_core::{Error, Result};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -29,6 +30,26 @@ pub struct Example {
     pub ids: Vec<u32>,
     /// Per token: learnt or not.
     pub learn: Vec<bool>,
+}
+
+impl Example {
+    /// A teacher (or student) rollout of the agent loop as a training example: the prompt is
+    /// not learnt, generated tokens are, observation tokens (`<information>` blocks,
+    /// invalid-action messages) are not. The ids are the rollout's own, never re-tokenised.
+    pub fn from_rollout(r: &Rollout) -> Result<Example> {
+        if r.response_ids.len() != r.response_mask.len() {
+            return Err(Error::invalid(format!(
+                "rollout has {} response ids but {} mask entries",
+                r.response_ids.len(),
+                r.response_mask.len()
+            )));
+        }
+        let mut ids = r.prompt_ids.clone();
+        ids.extend_from_slice(&r.response_ids);
+        let mut learn = vec![false; r.prompt_ids.len()];
+        learn.extend(r.response_mask.iter().map(|&m| m == 1));
+        Ok(Example { ids, learn })
+    }
 }
 
 /// Settings of a supervised run.
@@ -269,5 +290,28 @@ impl<'a> Trainer<'a> {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollout_masks_prompt_and_observations() {
+        let r = Rollout {
+            prompt_ids: vec![1, 2, 3],
+            response_ids: vec![4, 5, 6, 7],
+            response_mask: vec![1, 0, 0, 1],
+            logprobs: vec![0.0; 4],
+        };
+        let e = Example::from_rollout(&r).unwrap();
+        assert_eq!(e.ids, vec![1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(e.learn, vec![false, false, false, true, false, false, true]);
+        let bad = Rollout {
+            response_mask: vec![1],
+            ..r
+        };
+        assert!(Example::from_rollout(&bad).is_err());
     }
 }

@@ -149,6 +149,10 @@ fn saved_folder_loads_in_core_with_identical_logits() {
         let m = load(name, &ModelOptions::default());
         let out = tmp.path().join(name);
         m.save(&out).unwrap();
+        // For scripts/check_hf_roundtrip.py (transformers side, run by hand where torch exists).
+        if let Some(keep) = std::env::var_os("DGPO_KEEP_SAVED") {
+            m.save(&Path::new(&keep).join(name)).unwrap();
+        }
         m.save(&out).unwrap(); // replacing an existing folder works too
         for f in ["model.safetensors", "config.json", "tokenizer.json"] {
             assert!(out.join(f).exists(), "{name}: {f} missing");
@@ -177,7 +181,7 @@ fn saved_folder_loads_in_core_with_identical_logits() {
                 .map(String::as_str),
             Some("pt")
         );
-        let has_head = st.names().iter().any(|n| *n == "lm_head.weight");
+        let has_head = st.names().contains(&"lm_head.weight");
         assert_eq!(
             has_head,
             name == "tiny-qwen2",
@@ -475,4 +479,33 @@ fn bad_folders_are_reported_with_the_file() {
         .unwrap()
         .to_string();
     assert!(e.contains("model.layers.2.input_layernorm.weight"), "{e}");
+}
+
+/// A trained model's saved folder exports to GGUF (core's exporter) and the GGUF model gives
+/// the trained model's logits.
+#[test]
+fn trained_model_exports_to_gguf_with_same_logits() {
+    use dgpo_core::model::export::{Quant, export_gguf};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = toy_examples(4, 10, 512, 9);
+    let m = load("tiny-qwen2", &ModelOptions::default());
+    let mut t = Trainer::new(&m, None, &data, cfg(3, 0), &tmp.path().join("exp"), 509).unwrap();
+    t.run(3).unwrap();
+    let folder = tmp.path().join("trained");
+    m.save(&folder).unwrap();
+    let r = reference(&fixture("tiny-qwen2"));
+    let ours = logits_of(&m, &r.ids);
+    assert!(
+        max_diff(&ours, &r.logits) > 1e-3,
+        "training changed nothing"
+    );
+    for (q, tol) in [(Quant::F32, 1e-4f32), (Quant::F16, 2e-2)] {
+        let out = tmp.path().join(format!("m-{q:?}.gguf"));
+        export_gguf(&folder, &out, q).unwrap();
+        let g = CandleModel::from_gguf(&out, &LoadOptions::default()).unwrap();
+        let mut s = g.new_session().unwrap();
+        let d = max_diff(&ours, &s.feed_all(&r.ids).unwrap());
+        eprintln!("GGUF {q:?} vs trained model: max |logit diff| {d}");
+        assert!(d < tol, "{q:?}: {d}");
+    }
 }

@@ -1,0 +1,157 @@
+//! The synthetic world: determinism, consistency of answers with the corpus, distractors,
+//! retrievability with the real BM25 retriever, split hygiene, and the trained tokenizer.
+
+use std::collections::HashSet;
+
+use dgpo_core::corpus::load_jsonl;
+use dgpo_core::protocol::user_prompt;
+use dgpo_core::retrieve::{MemoryRetriever, Retriever};
+use train::synth::{SPECIAL_TOKENS, World, WorldConfig, train_bpe};
+
+fn world() -> World {
+    World::generate(&WorldConfig {
+        seed: 3,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn world_is_deterministic_and_consistent() {
+    let w = world();
+    assert_eq!(w, world(), "same seed, same world");
+    let other = World::generate(&WorldConfig {
+        seed: 4,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_ne!(w.people, other.people);
+    assert_eq!(w.people.len(), 200);
+    let tmp = tempfile::tempdir().unwrap();
+    w.write(tmp.path()).unwrap();
+    let corpus = load_jsonl(&tmp.path().join("corpus.jsonl")).unwrap();
+    assert_eq!(corpus.len(), 200 + 24 + 6);
+    assert!(
+        corpus
+            .iter()
+            .all(|p| p.title.starts_with('"') && p.title.ends_with('"'))
+    );
+    // Every answer is stated in the passage the oracle's last hop must find.
+    for q in w.train.iter().chain(&w.test) {
+        let last = q.oracle.last().unwrap();
+        let p = corpus
+            .iter()
+            .find(|p| p.title == format!("\"{}\"", last.title))
+            .unwrap_or_else(|| panic!("{}: no passage titled {}", q.id, last.title));
+        assert!(
+            p.text.contains(&q.golden_answers[0]),
+            "{}: {:?} not in {:?}",
+            q.id,
+            q.golden_answers,
+            p.text
+        );
+    }
+    // Rows follow Search-R1's schema.
+    let line = std::fs::read_to_string(tmp.path().join("test.jsonl")).unwrap();
+    let row: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    let mut keys: Vec<&str> = row
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["data_source", "golden_answers", "id", "question"]);
+    let sources: HashSet<&str> = w.test.iter().map(|q| q.data_source.as_str()).collect();
+    assert_eq!(sources, HashSet::from(["synth-nq", "synth-hotpot"]));
+}
+
+#[test]
+fn distractors_share_family_names_and_splits_are_disjoint() {
+    let w = world();
+    let distractors: Vec<_> = w.people.iter().filter(|p| p.distractor).collect();
+    assert!(distractors.len() >= 40, "{} distractors", distractors.len());
+    for d in &distractors {
+        let fam = d.name.split(' ').nth(1).unwrap();
+        let twins = w
+            .people
+            .iter()
+            .filter(|p| p.name != d.name && p.name.ends_with(&format!(" {fam}")))
+            .count();
+        assert!(twins >= 1, "{} has no namesake", d.name);
+    }
+    let about = |qs: &[train::synth::world::Question]| -> HashSet<String> {
+        qs.iter()
+            .filter_map(|q| {
+                q.question
+                    .strip_prefix("Where was ")
+                    .and_then(|s| s.strip_suffix(" born?"))
+            })
+            .filter(|s| !s.starts_with("the mentor of"))
+            .map(String::from)
+            .collect()
+    };
+    let (tr, te) = (about(&w.train), about(&w.test));
+    assert_eq!(te.len(), 40);
+    assert!(
+        tr.is_disjoint(&te),
+        "a person is asked about in both splits"
+    );
+}
+
+#[test]
+fn oracle_queries_find_their_passages_with_bm25() {
+    let w = world();
+    let r = MemoryRetriever::new(w.passages());
+    let (mut found, mut total) = (0, 0);
+    for q in &w.test {
+        for hop in &q.oracle {
+            let hits = r.search(&hop.query, 3).unwrap();
+            total += 1;
+            if hits
+                .iter()
+                .any(|h| h.passage.title == format!("\"{}\"", hop.title))
+            {
+                found += 1;
+            }
+        }
+    }
+    let rate = found as f64 / total as f64;
+    eprintln!("oracle hops retrieved in top-3 by BM25: {found}/{total} = {rate:.3}");
+    assert!(rate > 0.95, "{rate}");
+}
+
+#[test]
+fn bpe_tokenizer_trains_on_the_corpus() {
+    let w = world();
+    let tmp = tempfile::tempdir().unwrap();
+    let texts: Vec<String> = w
+        .passages()
+        .iter()
+        .map(|p| p.contents())
+        .chain(w.train.iter().map(|q| user_prompt(&q.question)))
+        .collect();
+    let out = tmp.path().join("tokenizer.json");
+    let tok = train_bpe(&texts, 1024, &out).unwrap();
+    assert!(tok.get_vocab_size(true) <= 1024 && tok.get_vocab_size(true) > 600);
+    for (i, s) in SPECIAL_TOKENS.iter().enumerate() {
+        assert_eq!(tok.token_to_id(s), Some(i as u32), "{s}");
+    }
+    // The file loads in core, and text (prompt, tags, UTF-8) round-trips exactly.
+    let core = dgpo_core::tokenizer::Tokenizer::from_file(&out).unwrap();
+    let text = format!(
+        "{}<|im_end|> <search> Kalo Renta </search> héllo",
+        user_prompt(&w.test[0].question)
+    );
+    let enc = core.encode(text.as_str(), false).unwrap();
+    assert_eq!(core.decode(enc.get_ids(), false).unwrap(), text);
+    assert!(
+        enc.get_ids().contains(&2),
+        "<|im_end|> is one special token"
+    );
+    // A corpus-trained BPE compresses its own corpus well below a byte per token.
+    let p = &texts[0];
+    let n = tok.encode(p.as_str(), false).unwrap().get_ids().len();
+    assert!(n * 3 < p.len(), "{n} tokens for {} bytes", p.len());
+    assert!(train_bpe(&texts, 100, &out).is_err());
+}
