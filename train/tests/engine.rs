@@ -85,6 +85,7 @@ fn logits_match_transformers_and_core() {
         let m = load(name, &ModelOptions::default());
         let ours = logits_of(&m, &r.ids);
         let d = max_diff(&ours, &r.logits);
+        eprintln!("{name}: max |logit diff| vs transformers {d:.2e}");
         assert!(d < 1e-4, "{name}: |ours − transformers| = {d}");
         let d = max_diff(&ours, &core_logits(&fixture(name), &r.ids));
         assert!(d < 1e-4, "{name}: |ours − core inference| = {d}");
@@ -103,6 +104,7 @@ fn bf16_model_stays_close_to_f32() {
     );
     let d = max_diff(&logits_of(&m, &r.ids), &r.logits);
     // bf16 keeps 8 bits of mantissa: logits of magnitude ~2 move by a few hundredths.
+    eprintln!("bf16 vs transformers f32: max |logit diff| {d:.3}");
     assert!(d < 0.1, "bf16 vs transformers f32: {d}");
 }
 
@@ -267,6 +269,7 @@ fn gradients_match_finite_differences() {
     let vars = student.named_vars();
     let mut missing = Vec::new();
     let mut checked = 0;
+    let mut worst = 0f64;
     for (k, (name, var)) in vars.iter().enumerate() {
         let Some(g) = grads.get(var.as_tensor()) else {
             missing.push(name.clone());
@@ -294,6 +297,7 @@ fn gradients_match_finite_differences() {
             at(0.0);
             let an = gflat[e];
             let err = (fd - an).abs() / (fd.abs().max(an.abs()).max(1e-3));
+            worst = worst.max(err);
             assert!(
                 err < 1e-5,
                 "{name}[{e}]: analytic {an} vs finite difference {fd}"
@@ -303,6 +307,7 @@ fn gradients_match_finite_differences() {
     }
     assert!(missing.is_empty(), "vars without gradient: {missing:?}");
     assert_eq!(checked, 2 * vars.len());
+    eprintln!("gradient check: {checked} entries, worst relative error {worst:.2e}");
 }
 
 fn toy_examples(n: usize, len: usize, vocab: u32, seed: u32) -> Vec<Example> {
@@ -423,9 +428,10 @@ fn sft_loss_goes_down() {
     let ms = t.run(40).unwrap();
     let first = ms[0].loss;
     let last: f64 = ms[ms.len() - 4..].iter().map(|m| m.loss).sum::<f64>() / 4.0;
+    eprintln!("SFT loss: step 1 {first:.3}, mean of the last 4 steps {last:.3}");
     // Random init: CE ≈ ln(512) ≈ 6.2. The progressions are learnable from context.
     assert!(first > 5.0, "first loss {first}");
-    assert!(last < 2.0, "loss after 40 steps {last} (from {first})");
+    assert!(last < 0.5, "loss after 40 steps {last} (from {first})");
 }
 
 #[test]
@@ -439,6 +445,7 @@ fn kd_reduces_forward_kl_and_refuses_vocab_mismatch() {
     let mut t = Trainer::new(&student, Some(&teacher), &data, c.clone(), tmp.path(), 509).unwrap();
     let ms = t.run(20).unwrap();
     let (k0, k1) = (ms[0].kl.unwrap(), ms[19].kl.unwrap());
+    eprintln!("KD forward KL: step 1 {k0:.4}, step 20 {k1:.4}");
     assert!(k1 < 0.5 * k0, "forward KL {k0} → {k1}");
 
     // A teacher with another vocabulary is refused before any training.

@@ -203,7 +203,8 @@ impl World {
                 continue;
             }
             people.push(new_person(&mut rng, name, false));
-            if people.len() < cfg.people && people.len() % cfg.distractor_every.max(1) == 0 {
+            if people.len() < cfg.people && people.len().is_multiple_of(cfg.distractor_every.max(1))
+            {
                 // Same family name, given name with one syllable changed.
                 let mut g = given.clone();
                 let k = rng.random_range(0..g.len());
@@ -215,12 +216,13 @@ impl World {
             }
         }
         let n = people.len();
-        for i in 0..n {
+        for (i, p) in people.iter_mut().enumerate() {
+            // Anyone but oneself.
             let mut m = rng.random_range(0..n - 1);
             if m >= i {
                 m += 1;
             }
-            people[i].mentor = m;
+            p.mentor = m;
         }
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut rng);
