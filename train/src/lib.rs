@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 pub mod checkpoint;
+pub mod data;
 pub mod loss;
 pub mod model;
 pub mod optim;

@@ -272,8 +272,22 @@ impl<'a> Trainer<'a> {
             self.metrics = Some(MetricsLog::open(&self.exp, self.opt.step_count())?);
         }
         let mut out = Vec::new();
+        let start = self.opt.step_count();
+        // Hidden automatically when stderr is not a terminal (tests, logs to files).
+        let bar = indicatif::ProgressBar::new(until.saturating_sub(start) as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} step {pos}/{len} [{bar:30}] {msg} elapsed {elapsed} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
         while self.opt.step_count() < until {
             let m = self.train_step()?;
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.0} tok/s",
+                m.loss, m.lr, m.tokens_per_s
+            ));
             tracing::debug!(
                 step = m.step,
                 loss = m.loss,
@@ -288,6 +302,15 @@ impl<'a> Trainer<'a> {
             if (every > 0 && step.is_multiple_of(every)) || step == self.cfg.schedule.total_steps {
                 self.save()?;
             }
+        }
+        bar.finish_and_clear();
+        if let Some(m) = out.last() {
+            tracing::info!(
+                step = m.step,
+                loss = m.loss,
+                lr = m.lr,
+                "training reached step"
+            );
         }
         Ok(out)
     }
