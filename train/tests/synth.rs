@@ -155,3 +155,70 @@ fn bpe_tokenizer_trains_on_the_corpus() {
     assert!(n * 3 < p.len(), "{n} tokens for {} bytes", p.len());
     assert!(train_bpe(&texts, 100, &out).is_err());
 }
+
+/// Oracle trajectories come out of core's real agent loop over the real BM25 index: the right
+/// answer, one executed search per oracle hop, `<information>` blocks masked out of the
+/// learnt tokens, and token ids that become training examples without re-tokenising.
+#[test]
+fn oracle_plays_the_real_agent_loop() {
+    use dgpo_core::agent::{Agent, AgentConfig};
+    use dgpo_core::trace::StepAction;
+    use train::synth::oracle::OracleModel;
+    use train::trainer::Example;
+
+    let w = world();
+    let tmp = tempfile::tempdir().unwrap();
+    let texts: Vec<String> = w
+        .passages()
+        .iter()
+        .map(|p| p.contents())
+        .chain(w.train.iter().map(|q| user_prompt(&q.question)))
+        .collect();
+    let inner = train_bpe(&texts, 1024, &tmp.path().join("tokenizer.json")).unwrap();
+    let tok = dgpo_core::tokenizer::Tokenizer::new(inner, vec![2], None, false);
+    let r = MemoryRetriever::new(w.passages());
+    let cfg = AgentConfig {
+        chat_template: false,
+        ..Default::default()
+    };
+    let mut correct = 0;
+    let qs: Vec<_> = w.test.iter().take(30).collect();
+    for q in &qs {
+        let m = OracleModel::new(tok.clone(), q).unwrap();
+        let agent = Agent::new(&m, &r, cfg.clone());
+        let (trace, rollout) = agent.run_with(&q.question, &mut |_| {}, &|| false).unwrap();
+        let searches = trace
+            .steps
+            .iter()
+            .filter(|s| matches!(&s.action, StepAction::Search { executed: true, .. }))
+            .count();
+        assert_eq!(searches, q.oracle.len(), "{}: {:?}", q.id, trace.steps);
+        if trace.answer.as_deref() == Some(q.golden_answers[0].as_str()) {
+            correct += 1;
+        }
+        let response = tok.decode(&rollout.response_ids).unwrap();
+        assert!(
+            response.contains("<information>Doc 1(Title: \""),
+            "{response}"
+        );
+        let learnt: Vec<u32> = rollout
+            .response_ids
+            .iter()
+            .zip(&rollout.response_mask)
+            .filter(|(_, m)| **m == 1)
+            .map(|(t, _)| *t)
+            .collect();
+        let learnt = tok.decode(&learnt).unwrap();
+        assert!(
+            !learnt.contains("Doc 1"),
+            "observation tokens leaked into the learnt mask"
+        );
+        assert!(learnt.contains(&format!("<answer> {} </answer>", q.golden_answers[0])));
+        let e = Example::from_rollout(&rollout).unwrap();
+        assert_eq!(
+            e.ids.len(),
+            rollout.prompt_ids.len() + rollout.response_ids.len()
+        );
+    }
+    assert_eq!(correct, qs.len());
+}
