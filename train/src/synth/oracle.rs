@@ -151,3 +151,27 @@ impl Session for OracleSession<'_> {
         self.m.info.context_length
     }
 }
+
+/// Run the oracle on each question through core's agent loop and keep the token-level
+/// rollouts whose final answer is a golden answer (the rare misses are retrieval failures).
+pub fn oracle_rollouts(
+    tok: &Tokenizer,
+    retriever: &dyn dgpo_core::retrieve::Retriever,
+    questions: &[Question],
+    cfg: &dgpo_core::agent::AgentConfig,
+) -> Result<Vec<dgpo_core::agent::Rollout>> {
+    let mut out = Vec::with_capacity(questions.len());
+    for q in questions {
+        let m = OracleModel::new(tok.clone(), q)?;
+        let agent = dgpo_core::agent::Agent::new(&m, retriever, cfg.clone());
+        let (trace, rollout) = agent.run_with(&q.question, &mut |_| {}, &|| false)?;
+        if trace
+            .answer
+            .as_deref()
+            .is_some_and(|a| q.golden_answers.iter().any(|g| g == a))
+        {
+            out.push(rollout);
+        }
+    }
+    Ok(out)
+}
