@@ -3,6 +3,7 @@
 //! byte-level BPE tokenizer trained on the corpus.
 
 pub mod oracle;
+pub mod prepare;
 pub mod tokenizer;
 pub mod world;
 
