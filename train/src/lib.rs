@@ -10,6 +10,7 @@ pub mod data;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod phases;
 pub mod synth;
 pub mod trainer;
 

@@ -364,3 +364,44 @@ fn prepare_builds_once_and_caches_each_step() {
     let e = read_rollouts(&p.trajectories()).unwrap_err().to_string();
     assert!(e.contains("trajectories.jsonl:1"), "{e}");
 }
+
+/// Cold-start data: the teacher plays the real agent loop and only exactly-correct
+/// trajectories are kept; a student with another vocabulary is refused before generation.
+#[test]
+fn teacher_trajectories_keep_only_correct_answers() {
+    use dgpo_core::agent::AgentConfig;
+    use train::data::QaRow;
+    use train::phases::collect_correct;
+    use train::synth::oracle::OracleModel;
+    let w = world();
+    let tmp = tempfile::tempdir().unwrap();
+    let texts: Vec<String> = w.passages().iter().map(|p| p.contents()).collect();
+    let inner = train_bpe(&texts, 800, &tmp.path().join("t.json")).unwrap();
+    let tok = dgpo_core::tokenizer::Tokenizer::new(inner, vec![2], None, false);
+    let r = MemoryRetriever::new(w.passages());
+    let cfg = AgentConfig {
+        chat_template: false,
+        ..Default::default()
+    };
+    // The oracle of one question plays the "teacher"; asked its own question it is right, and
+    // with the golden answer changed it is wrong and must be dropped.
+    let q = &w.test[0];
+    let teacher = OracleModel::new(tok.clone(), q).unwrap();
+    let row = |answers: Vec<String>| QaRow {
+        id: q.id.clone(),
+        question: q.question.clone(),
+        golden_answers: answers,
+        data_source: q.data_source.clone(),
+    };
+    let rows = vec![
+        row(q.golden_answers.clone()),
+        row(vec!["somewhere else".into()]),
+        row(vec![format!("The {}!", q.golden_answers[0].to_lowercase())]),
+    ];
+    let c = collect_correct(&teacher, &r, &rows, &cfg, Some(tok.vocab_size())).unwrap();
+    assert_eq!((c.tried, c.examples.len()), (3, 2));
+    let e = collect_correct(&teacher, &r, &rows, &cfg, Some(tok.vocab_size() + 1))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("vocabulary"), "{e}");
+}
