@@ -363,6 +363,42 @@ mod tests {
         }
     }
 
+    /// bf16 weights are updated through an f32 master copy: many updates smaller than bf16's
+    /// resolution still add up (pure bf16 updates would round every one of them away).
+    #[test]
+    fn bf16_weights_keep_an_f32_master_copy() {
+        let w = Tensor::new(&[1f32, 1.0], &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let var = Var::from_tensor(&w).unwrap();
+        let cfg = AdamWConfig {
+            weight_decay: 0.0,
+            ..Default::default()
+        };
+        let mut opt = AdamW::new(vec![("w".into(), var.clone())], cfg).unwrap();
+        assert!(opt.state_tensors().contains_key("master.w"));
+        for _ in 0..100 {
+            let mut g = opt.zero_grads();
+            g.g[0] = Some(Tensor::new(&[1f32, -1.0], &Device::Cpu).unwrap());
+            // Each AdamW step moves by ≈ lr = 1e-4, far below bf16's spacing of 2^-7 at 1.0.
+            opt.step(&g, 1e-4).unwrap();
+        }
+        assert_eq!(var.dtype(), DType::BF16);
+        let v = var
+            .as_tensor()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let m = opt.state_tensors()["master.w"].to_vec1::<f32>().unwrap();
+        assert!(
+            (m[0] - 0.99).abs() < 1e-4 && (m[1] - 1.01).abs() < 1e-4,
+            "{m:?}"
+        );
+        assert!(v[0] < 1.0 && v[1] > 1.0, "{v:?}");
+    }
+
     #[test]
     fn clipping_scales_to_max_norm() {
         let mut g = Grads {
