@@ -11,6 +11,7 @@ pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod phases;
+pub mod plot;
 pub mod synth;
 pub mod trainer;
 

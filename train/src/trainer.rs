@@ -304,6 +304,10 @@ impl<'a> Trainer<'a> {
             }
         }
         bar.finish_and_clear();
+        let log = self.exp.join("metrics.jsonl");
+        if log.exists() {
+            crate::plot::plot_metrics(&MetricsLog::read(&log)?, &self.exp.join("metrics.png"))?;
+        }
         if let Some(m) = out.last() {
             tracing::info!(
                 step = m.step,

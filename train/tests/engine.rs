@@ -410,6 +410,7 @@ fn resume_is_bit_exact() {
         );
     }
     assert_eq!(full_metrics.len(), total);
+    assert!(full_dir.join("metrics.png").exists());
     // The final checkpoint holds the final weights, as an HF folder core can load.
     let last = list_checkpoints(&full_dir).unwrap().pop().unwrap();
     assert_eq!(last.0, total);
