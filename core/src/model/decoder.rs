@@ -394,8 +394,9 @@ impl Decoder {
     }
 
     fn rope(&self, x: &Tensor, offset: usize, t: usize) -> Result<Tensor> {
-        let cos = self.cos.narrow(0, offset, t)?;
-        let sin = self.sin.narrow(0, offset, t)?;
+        // The tables are f32; bf16/f64 activations (training) need them in their own dtype.
+        let cos = self.cos.narrow(0, offset, t)?.to_dtype(x.dtype())?;
+        let sin = self.sin.narrow(0, offset, t)?.to_dtype(x.dtype())?;
         use candle_nn::rotary_emb as re;
         Ok(match (self.ops, self.cfg.rope_style) {
             (Ops::Fused, RopeStyle::Half) => re::rope(x, &cos, &sin)?,
@@ -461,6 +462,11 @@ impl Decoder {
         };
         let scale = 1.0 / (hd as f64).sqrt();
         let mut x = self.w.embed.forward(ids)?;
+        // The mask is built in f32; non-f32 activations (training) add it in their own dtype.
+        let mask = match mask {
+            Some(m) if m.dtype() != x.dtype() => Some(m.to_dtype(x.dtype())?),
+            m => m,
+        };
         for (li, blk) in self.w.blocks.iter().enumerate() {
             let h = self.rms_norm(&x, &blk.attn_norm)?;
             let q = blk

@@ -1,0 +1,576 @@
+//! Trainable Qwen2/Llama models: core's [`Decoder`] in its differentiable mode over a `VarMap`.
+//!
+//! Why no second implementation: `dgpo_core::model::decoder` already has [`Ops::Differentiable`]
+//! (slow rms_norm, softmax and rope with a backward pass, explicit causal + padding mask, no KV
+//! cache when none is passed), so training and inference share one forward pass and parity
+//! between them is a property of the weights. This module adds what only training needs:
+//! weights as `Var`s, right-padded batches, per-token log-probs, an optional value head (critic),
+//! and saving an HF folder atomically.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{D, DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use dgpo_core::model::decoder::{Arch, DecoderConfig};
+use dgpo_core::model::{Decoder, Ops, hf};
+use dgpo_core::{Error, Result};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+/// Name of the value head's weight, (1, hidden): the same names as transformers'
+/// `*ForTokenClassification` with `num_labels = 1` (veRL's critic), so a critic folder loads there.
+pub const VALUE_HEAD_WEIGHT: &str = "score.weight";
+/// Name of the value head's bias, (1).
+pub const VALUE_HEAD_BIAS: &str = "score.bias";
+
+/// Files copied from the source folder into every saved folder when present (the tokenizer and
+/// chat template travel with the weights so a checkpoint is a complete model).
+const SIDE_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+];
+
+/// How to load or create a trainable model.
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    /// Dtype of the weights and activations (f32 by default; bf16 for large models; f64 for
+    /// gradient checks).
+    pub dtype: DType,
+    /// Device (CPU by default; CUDA with the `cuda` feature).
+    pub device: Device,
+    /// Add a value head (critic). Loaded from the folder when it has one, else initialised.
+    pub value_head: bool,
+    /// Seed for any freshly initialised weights.
+    pub seed: u64,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            dtype: DType::F32,
+            device: Device::Cpu,
+            value_head: false,
+            seed: 0,
+        }
+    }
+}
+
+/// A right-padded batch of token sequences.
+///
+/// Position `j` of the per-token outputs ([`TrainModel::token_logprobs`], [`Batch::target_mask`])
+/// is the prediction of token `j + 1` from tokens `0..=j`, so they have `t − 1` columns.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Token ids, (b, t) u32, padded on the right.
+    pub ids: Tensor,
+    /// 1 for real tokens, 0 for padding, (b, t) f32.
+    pub attention: Tensor,
+    /// 1 where the predicted token is a real token that the loss learns (not padding, not a
+    /// prompt or observation token), (b, t − 1) f32.
+    pub target_mask: Tensor,
+    /// Real length of each sequence.
+    pub lens: Vec<usize>,
+}
+
+impl Batch {
+    /// Pad `seqs` on the right with `pad`. `learn[i][k]` says whether token `k` of sequence `i`
+    /// is a target (learnt); `None` learns every token after the first.
+    pub fn new(
+        seqs: &[Vec<u32>],
+        learn: Option<&[Vec<bool>]>,
+        pad: u32,
+        device: &Device,
+    ) -> Result<Batch> {
+        if seqs.is_empty() {
+            return Err(Error::invalid("empty batch"));
+        }
+        let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        if t < 2 {
+            return Err(Error::invalid(
+                "every batch needs a sequence of at least 2 tokens",
+            ));
+        }
+        if let Some(l) = learn {
+            if l.len() != seqs.len() {
+                return Err(Error::invalid(
+                    "learn mask count differs from the sequence count",
+                ));
+            }
+            for (i, (s, m)) in seqs.iter().zip(l).enumerate() {
+                if s.len() != m.len() {
+                    return Err(Error::invalid(format!(
+                        "sequence {i}: {} tokens but {} mask entries",
+                        s.len(),
+                        m.len()
+                    )));
+                }
+            }
+        }
+        let b = seqs.len();
+        let mut ids = vec![pad; b * t];
+        let mut att = vec![0f32; b * t];
+        let mut tgt = vec![0f32; b * (t - 1)];
+        for (i, s) in seqs.iter().enumerate() {
+            for (k, &id) in s.iter().enumerate() {
+                ids[i * t + k] = id;
+                att[i * t + k] = 1.0;
+                if k >= 1 && learn.is_none_or(|l| l[i][k]) {
+                    tgt[i * (t - 1) + k - 1] = 1.0;
+                }
+            }
+        }
+        Ok(Batch {
+            ids: Tensor::from_vec(ids, (b, t), device)?,
+            attention: Tensor::from_vec(att, (b, t), device)?,
+            target_mask: Tensor::from_vec(tgt, (b, t - 1), device)?,
+            lens: seqs.iter().map(Vec::len).collect(),
+        })
+    }
+
+    /// Number of learnt target tokens.
+    pub fn target_count(&self) -> Result<f64> {
+        crate::loss::scalar(&self.target_mask.sum_all()?)
+    }
+
+    /// Tokens in the batch, padding excluded.
+    pub fn token_count(&self) -> usize {
+        self.lens.iter().sum()
+    }
+}
+
+/// A trainable decoder: every weight is a [`Var`] of a [`VarMap`].
+pub struct TrainModel {
+    cfg: DecoderConfig,
+    varmap: VarMap,
+    decoder: Decoder,
+    value_head: Option<(Var, Var)>,
+    /// config.json as read (or generated), rewritten with the saved dtype.
+    config_json: serde_json::Value,
+    /// Side files (tokenizer etc.) by file name.
+    side_files: BTreeMap<String, Vec<u8>>,
+    dtype: DType,
+    device: Device,
+}
+
+/// HF tensor names a decoder of this shape needs, in a fixed order.
+pub fn expected_names(cfg: &DecoderConfig) -> Vec<String> {
+    let mut n = vec!["model.embed_tokens.weight".to_string()];
+    for l in 0..cfg.num_layers {
+        let p = format!("model.layers.{l}");
+        n.push(format!("{p}.input_layernorm.weight"));
+        for x in ["q", "k", "v"] {
+            n.push(format!("{p}.self_attn.{x}_proj.weight"));
+            if cfg.attention_bias {
+                n.push(format!("{p}.self_attn.{x}_proj.bias"));
+            }
+        }
+        n.push(format!("{p}.self_attn.o_proj.weight"));
+        n.push(format!("{p}.post_attention_layernorm.weight"));
+        for x in ["gate", "up", "down"] {
+            n.push(format!("{p}.mlp.{x}_proj.weight"));
+        }
+    }
+    n.push("model.norm.weight".into());
+    if !cfg.tie_embeddings {
+        n.push("lm_head.weight".into());
+    }
+    n
+}
+
+fn shape_of(cfg: &DecoderConfig, name: &str) -> Vec<usize> {
+    let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+    let (q, kv) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+    let last = name.rsplit('.').nth(1).unwrap_or("");
+    let bias = name.ends_with(".bias");
+    match (last, bias) {
+        ("embed_tokens", _) | ("lm_head", _) => vec![cfg.vocab_size, h],
+        ("q_proj", false) => vec![q, h],
+        ("q_proj", true) => vec![q],
+        ("k_proj" | "v_proj", false) => vec![kv, h],
+        ("k_proj" | "v_proj", true) => vec![kv],
+        ("o_proj", _) => vec![h, q],
+        ("gate_proj" | "up_proj", _) => vec![i, h],
+        ("down_proj", _) => vec![h, i],
+        _ => vec![h], // norms
+    }
+}
+
+/// Gaussian samples (Box–Muller) from a seeded generator: candle's CPU `randn` cannot be seeded.
+fn normal(rng: &mut StdRng, n: usize, std: f64) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+        let u2: f64 = rng.random::<f64>();
+        let r = (-2.0 * u1.ln()).sqrt() * std;
+        let a = 2.0 * std::f64::consts::PI * u2;
+        out.push((r * a.cos()) as f32);
+        if out.len() < n {
+            out.push((r * a.sin()) as f32);
+        }
+    }
+    out
+}
+
+fn candle_err(path: &Path, what: &str, e: candle_core::Error) -> Error {
+    Error::format(path, format!("{what}: {e}"))
+}
+
+/// An HF `config.json` for a decoder created from scratch (transformers reads these keys).
+pub fn config_json(cfg: &DecoderConfig, bos: Option<u32>, eos: Option<u32>) -> serde_json::Value {
+    let arch = match cfg.arch {
+        Arch::Qwen2 => "Qwen2ForCausalLM",
+        Arch::Llama => "LlamaForCausalLM",
+    };
+    let mut v = serde_json::json!({
+        "architectures": [arch],
+        "model_type": cfg.arch.name(),
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.max_position,
+        "rope_theta": cfg.rope_theta,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_bias": cfg.attention_bias,
+        "hidden_act": "silu",
+        "torch_dtype": "float32",
+        "use_cache": true,
+    });
+    if cfg.arch == Arch::Qwen2 {
+        v["use_sliding_window"] = false.into();
+        v["sliding_window"] = serde_json::Value::Null;
+        v["max_window_layers"] = cfg.num_layers.into();
+    }
+    if let Some(b) = bos {
+        v["bos_token_id"] = b.into();
+    }
+    if let Some(e) = eos {
+        v["eos_token_id"] = e.into();
+    }
+    v
+}
+
+fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        DType::F64 => "float64",
+        _ => "float32",
+    }
+}
+
+impl TrainModel {
+    /// Load an HF folder (config.json + safetensors + tokenizer.json) as trainable vars.
+    pub fn load(dir: &Path, opts: &ModelOptions) -> Result<TrainModel> {
+        let cfg_path = dir.join("config.json");
+        if !cfg_path.exists() {
+            return Err(Error::format(
+                dir,
+                "not a model folder: config.json is missing",
+            ));
+        }
+        let cfg = hf::read_config(&cfg_path)?;
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let config_json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::format(&cfg_path, format!("not valid JSON: {e}")))?;
+        let files = hf::safetensors_files(dir)?;
+        // SAFETY: read-only mapping; the tensors are copied into vars before it is dropped.
+        let st = unsafe { MmapedSafetensors::multi(&files) }
+            .map_err(|e| candle_err(&files[0], "cannot read safetensors", e))?;
+        let mut tensors = BTreeMap::new();
+        for name in expected_names(&cfg) {
+            let t = st
+                .load(&name, &opts.device)
+                .map_err(|e| candle_err(dir, &format!("tensor {name}"), e))?;
+            let want = shape_of(&cfg, &name);
+            if t.dims() != want.as_slice() {
+                return Err(Error::format(
+                    dir,
+                    format!(
+                        "tensor {name} has shape {:?}, config.json implies {want:?}",
+                        t.dims()
+                    ),
+                ));
+            }
+            tensors.insert(name, t);
+        }
+        let have_head = st.get(VALUE_HEAD_WEIGHT).is_ok();
+        if opts.value_head && have_head {
+            for n in [VALUE_HEAD_WEIGHT, VALUE_HEAD_BIAS] {
+                let t = st
+                    .load(n, &opts.device)
+                    .map_err(|e| candle_err(dir, &format!("tensor {n}"), e))?;
+                tensors.insert(n.to_string(), t);
+            }
+        }
+        let mut side_files = BTreeMap::new();
+        for f in SIDE_FILES {
+            let p = dir.join(f);
+            if p.exists() {
+                side_files.insert(
+                    f.to_string(),
+                    std::fs::read(&p).map_err(|e| Error::io(&p, e))?,
+                );
+            }
+        }
+        Self::from_tensors(cfg, config_json, side_files, tensors, opts)
+    }
+
+    /// A freshly initialised model (normal(0, 0.02) matrices, unit norms, zero biases) from a
+    /// seeded generator, with `tokenizer_json` as its tokenizer.
+    pub fn new_random(
+        cfg: DecoderConfig,
+        config_json: serde_json::Value,
+        tokenizer_json: Vec<u8>,
+        opts: &ModelOptions,
+    ) -> Result<TrainModel> {
+        cfg.validate()?;
+        let mut rng = StdRng::seed_from_u64(opts.seed);
+        let mut tensors = BTreeMap::new();
+        for name in expected_names(&cfg) {
+            let shape = shape_of(&cfg, &name);
+            let n: usize = shape.iter().product();
+            let data = if name.ends_with("norm.weight") {
+                vec![1f32; n]
+            } else if name.ends_with(".bias") {
+                vec![0f32; n]
+            } else {
+                normal(&mut rng, n, 0.02)
+            };
+            tensors.insert(name, Tensor::from_vec(data, shape, &opts.device)?);
+        }
+        let mut side_files = BTreeMap::new();
+        side_files.insert("tokenizer.json".to_string(), tokenizer_json);
+        Self::from_tensors(cfg, config_json, side_files, tensors, opts)
+    }
+
+    fn from_tensors(
+        cfg: DecoderConfig,
+        config_json: serde_json::Value,
+        side_files: BTreeMap<String, Vec<u8>>,
+        tensors: BTreeMap<String, Tensor>,
+        opts: &ModelOptions,
+    ) -> Result<TrainModel> {
+        let varmap = VarMap::new();
+        {
+            let mut data = varmap.data().lock().expect("fresh varmap");
+            for (name, t) in &tensors {
+                data.insert(name.clone(), Var::from_tensor(&t.to_dtype(opts.dtype)?)?);
+            }
+        }
+        let value_head = if opts.value_head {
+            let mut data = varmap.data().lock().expect("fresh varmap");
+            if !data.contains_key(VALUE_HEAD_WEIGHT) {
+                // Small random weights as transformers initialises `score` (not zeros: a zero head
+                // gives the trunk no gradient on the first critic step).
+                let mut rng = StdRng::seed_from_u64(opts.seed ^ 0x5eed_c71c);
+                let w = normal(&mut rng, cfg.hidden_size, 0.02);
+                let w = Tensor::from_vec(w, (1, cfg.hidden_size), &opts.device)?
+                    .to_dtype(opts.dtype)?;
+                let b = Tensor::zeros(1, opts.dtype, &opts.device)?;
+                data.insert(VALUE_HEAD_WEIGHT.into(), Var::from_tensor(&w)?);
+                data.insert(VALUE_HEAD_BIAS.into(), Var::from_tensor(&b)?);
+            }
+            Some((
+                data[VALUE_HEAD_WEIGHT].clone(),
+                data[VALUE_HEAD_BIAS].clone(),
+            ))
+        } else {
+            None
+        };
+        let vb = VarBuilder::from_varmap(&varmap, opts.dtype, &opts.device);
+        let w = hf::weights_from_var_builder(&cfg, &vb)?;
+        let decoder = Decoder::new(cfg.clone(), w, Ops::Differentiable, &opts.device)?;
+        Ok(TrainModel {
+            cfg,
+            varmap,
+            decoder,
+            value_head,
+            config_json,
+            side_files,
+            dtype: opts.dtype,
+            device: opts.device.clone(),
+        })
+    }
+
+    /// The decoder configuration.
+    pub fn config(&self) -> &DecoderConfig {
+        &self.cfg
+    }
+
+    /// The underlying decoder (shares the vars: optimiser updates are seen at once).
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    /// Vocabulary size of the output layer.
+    pub fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    /// Weight dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Whether the model has a value head.
+    pub fn has_value_head(&self) -> bool {
+        self.value_head.is_some()
+    }
+
+    /// The tokenizer.json bytes, if the model has one.
+    pub fn tokenizer_json(&self) -> Option<&[u8]> {
+        self.side_files.get("tokenizer.json").map(Vec::as_slice)
+    }
+
+    /// Every trainable var with its HF name, sorted by name (a fixed order for optimiser state
+    /// and checkpoints).
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Overwrite the named vars with `values` (same shapes); unknown names are an error.
+    pub fn set_weights(&self, values: &BTreeMap<String, Tensor>) -> Result<()> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        for (name, t) in values {
+            let var = data
+                .get(name)
+                .ok_or_else(|| Error::invalid(format!("no weight named {name}")))?;
+            var.set(&t.to_dtype(self.dtype)?.to_device(&self.device)?)?;
+        }
+        Ok(())
+    }
+
+    /// Hidden states after the final norm, (b, t, hidden).
+    pub fn hidden(&self, batch: &Batch) -> Result<Tensor> {
+        self.decoder
+            .forward_hidden(&batch.ids, None, Some(&batch.attention))
+    }
+
+    /// Logits at every position, (b, t, vocab).
+    pub fn logits(&self, batch: &Batch) -> Result<Tensor> {
+        let h = self.hidden(batch)?;
+        self.decoder.logits(&h)
+    }
+
+    /// Values of the critic head at every position, (b, t), from hidden states.
+    pub fn values(&self, hidden: &Tensor) -> Result<Tensor> {
+        let (w, b) = self.value_head.as_ref().ok_or_else(|| {
+            Error::invalid("this model has no value head (load it with value_head)")
+        })?;
+        let v = hidden
+            .broadcast_matmul(&w.as_tensor().t()?)?
+            .broadcast_add(b.as_tensor())?;
+        Ok(v.squeeze(D::Minus1)?)
+    }
+
+    /// Per-token log-probs of the batch's own next tokens, (b, t − 1), in f32.
+    pub fn token_logprobs(&self, batch: &Batch) -> Result<Tensor> {
+        let logits = self.logits(batch)?;
+        token_logprobs(&logits, &batch.ids)
+    }
+
+    /// Save as an HF folder at `dir` (model.safetensors with HF names, config.json,
+    /// tokenizer.json and the other side files), atomically: everything is written to a
+    /// temporary sibling folder that then replaces `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        self.save_as(dir, self.dtype)
+    }
+
+    /// [`TrainModel::save`] with the weights converted to `dtype`.
+    pub fn save_as(&self, dir: &Path, dtype: DType) -> Result<()> {
+        let tmp = sibling(dir, "tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        self.write_folder(&tmp, dtype)?;
+        replace_dir(&tmp, dir)
+    }
+
+    /// Write the HF files into an existing folder (not atomic on its own).
+    pub fn write_folder(&self, dir: &Path, dtype: DType) -> Result<()> {
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for (name, var) in self.named_vars() {
+            let t = var.as_tensor().to_dtype(dtype)?.to_device(&Device::Cpu)?;
+            tensors.push((name, t));
+        }
+        let path = dir.join("model.safetensors");
+        // transformers refuses safetensors whose metadata lacks `format` = pt.
+        let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        safetensors::serialize_to_file(
+            tensors.iter().map(|(n, t)| (n.as_str(), t)),
+            Some(meta),
+            &path,
+        )
+        .map_err(|e| Error::format(&path, format!("cannot write safetensors: {e}")))?;
+        let mut cfg = self.config_json.clone();
+        cfg["torch_dtype"] = dtype_name(dtype).into();
+        let p = dir.join("config.json");
+        let text = serde_json::to_string_pretty(&cfg).expect("json values serialise");
+        std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
+        for (name, bytes) in &self.side_files {
+            let p = dir.join(name);
+            std::fs::write(&p, bytes).map_err(|e| Error::io(&p, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Log-probs of `ids[:, 1:]` under `logits[:, :-1]`, (b, t − 1), computed in f32 (f64 for f64
+/// models).
+pub fn token_logprobs(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (_, t, _) = logits.dims3()?;
+    let lp =
+        candle_nn::ops::log_softmax(&crate::loss::wide(&logits.narrow(1, 0, t - 1)?)?, D::Minus1)?;
+    let tgt = ids.narrow(1, 1, t - 1)?.contiguous()?.unsqueeze(2)?;
+    Ok(lp.gather(&tgt, 2)?.squeeze(2)?)
+}
+
+/// `<dir>.<tag>-<pid>` next to `dir`.
+pub(crate) fn sibling(dir: &Path, tag: &str) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.with_file_name(format!(".{name}.{tag}-{}", std::process::id()))
+}
+
+/// Make the fully written folder `tmp` appear at `dir`, replacing any old one. A reader sees
+/// the old folder or the new one, never a half-written one (a crash between the two renames
+/// leaves the old folder under its backup name, and the new one complete at `dir`... or `tmp`).
+pub(crate) fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
+    if let Some(parent) = dir.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    let old = sibling(dir, "old");
+    if dir.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        }
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(tmp, dir).map_err(|e| Error::io(dir, e))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}

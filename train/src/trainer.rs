@@ -1,0 +1,344 @@
+//! The supervised loop shared by SFT and cold-start KD: seeded data order, gradient
+//! accumulation, clipping, AdamW with a schedule, metrics and checkpoints with resume.
+//!
+//! Determinism: the data order of epoch `e` is a shuffle seeded by `seed + e`, and the examples
+//! of update `s` are fixed slots of that order, so a resumed run needs only the step counter
+//! (plus weights and optimiser state) to continue exactly where the uninterrupted run would be.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use dgpo_core::agent::Rollout;
+use dgpo_core::{Error, Result};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{
+    MetricsLog, StepMetrics, TrainState, list_checkpoints, load_checkpoint, save_checkpoint,
+};
+use crate::loss;
+use crate::model::{Batch, TrainModel};
+use crate::optim::{AdamW, AdamWConfig, Schedule};
+
+/// One training sequence: token ids and which of them the loss learns (false for the prompt,
+/// `<information>` observations and invalid-action messages).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// Per token: learnt or not.
+    pub learn: Vec<bool>,
+}
+
+impl Example {
+    /// A teacher (or student) rollout of the agent loop as a training example: the prompt is
+    /// not learnt, generated tokens are, observation tokens (`<information>` blocks,
+    /// invalid-action messages) are not. The ids are the rollout's own, never re-tokenised.
+    pub fn from_rollout(r: &Rollout) -> Result<Example> {
+        if r.response_ids.len() != r.response_mask.len() {
+            return Err(Error::invalid(format!(
+                "rollout has {} response ids but {} mask entries",
+                r.response_ids.len(),
+                r.response_mask.len()
+            )));
+        }
+        let mut ids = r.prompt_ids.clone();
+        ids.extend_from_slice(&r.response_ids);
+        let mut learn = vec![false; r.prompt_ids.len()];
+        learn.extend(r.response_mask.iter().map(|&m| m == 1));
+        Ok(Example { ids, learn })
+    }
+}
+
+/// Settings of a supervised run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Learning-rate schedule (its `total_steps` is the run length).
+    pub schedule: Schedule,
+    /// AdamW settings.
+    pub adamw: AdamWConfig,
+    /// Sequences per forward pass.
+    pub micro_batch: usize,
+    /// Micro-batches per optimiser update.
+    pub grad_accum: usize,
+    /// Global gradient-norm clip (0 disables).
+    pub max_grad_norm: f64,
+    /// Seed of the data order.
+    pub seed: u64,
+    /// KD mix: `(1 − α)·CE + α·FKL` (ignored without a teacher: plain CE / SFT).
+    pub alpha: f64,
+    /// Save a checkpoint every this many updates (0: never, except at the end).
+    pub save_every: usize,
+    /// Checkpoints kept (0 keeps all).
+    pub keep_last: usize,
+}
+
+/// Runs SFT (no teacher) or KD (with a teacher) over a fixed example set.
+pub struct Trainer<'a> {
+    student: &'a TrainModel,
+    teacher: Option<&'a TrainModel>,
+    data: &'a [Example],
+    cfg: TrainConfig,
+    opt: AdamW,
+    exp: PathBuf,
+    pad: u32,
+    metrics: Option<MetricsLog>,
+    order: Option<(usize, Vec<usize>)>,
+}
+
+impl<'a> Trainer<'a> {
+    /// Set up a run writing to `exp`. Teacher/student vocabulary mismatch and malformed
+    /// examples are refused here, before any training.
+    pub fn new(
+        student: &'a TrainModel,
+        teacher: Option<&'a TrainModel>,
+        data: &'a [Example],
+        cfg: TrainConfig,
+        exp: &Path,
+        pad: u32,
+    ) -> Result<Trainer<'a>> {
+        if let Some(t) = teacher
+            && t.vocab_size() != student.vocab_size()
+        {
+            return Err(Error::invalid(format!(
+                "teacher vocabulary size {} differs from the student's {}: forward KL needs the same tokenizer",
+                t.vocab_size(),
+                student.vocab_size()
+            )));
+        }
+        if data.is_empty() {
+            return Err(Error::invalid("no training examples"));
+        }
+        if cfg.micro_batch == 0 || cfg.grad_accum == 0 {
+            return Err(Error::invalid(
+                "micro_batch and grad_accum must be at least 1",
+            ));
+        }
+        let v = student.vocab_size() as u32;
+        for (i, e) in data.iter().enumerate() {
+            if e.ids.len() != e.learn.len() || e.ids.len() < 2 {
+                return Err(Error::invalid(format!(
+                    "example {i}: {} tokens, {} mask entries (need ≥ 2 tokens and one entry each)",
+                    e.ids.len(),
+                    e.learn.len()
+                )));
+            }
+            if let Some(bad) = e.ids.iter().find(|&&t| t >= v) {
+                return Err(Error::invalid(format!(
+                    "example {i}: token id {bad} is outside the student's vocabulary of {v}"
+                )));
+            }
+        }
+        let opt = AdamW::new(student.named_vars(), cfg.adamw)?;
+        Ok(Trainer {
+            student,
+            teacher,
+            data,
+            cfg,
+            opt,
+            exp: exp.to_path_buf(),
+            pad,
+            metrics: None,
+            order: None,
+        })
+    }
+
+    /// Updates completed.
+    pub fn step(&self) -> usize {
+        self.opt.step_count()
+    }
+
+    /// Continue from the newest checkpoint under the experiment folder, if any; returns its step.
+    pub fn resume(&mut self) -> Result<Option<usize>> {
+        let Some((_, dir)) = list_checkpoints(&self.exp)?.pop() else {
+            return Ok(None);
+        };
+        let st = load_checkpoint(&dir, self.student, &mut self.opt)?;
+        if st.seed != self.cfg.seed || st.data_len != self.data.len() {
+            return Err(Error::format(
+                dir.join("state.json"),
+                format!(
+                    "checkpoint was made with seed {} on {} examples; this run has seed {} and {} examples",
+                    st.seed,
+                    st.data_len,
+                    self.cfg.seed,
+                    self.data.len()
+                ),
+            ));
+        }
+        tracing::info!(step = st.step, dir = %dir.display(), "resumed");
+        Ok(Some(st.step))
+    }
+
+    fn example_at(&mut self, pos: usize) -> usize {
+        let n = self.data.len();
+        let epoch = pos / n;
+        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let mut perm: Vec<usize> = (0..n).collect();
+            let mut rng = StdRng::seed_from_u64(self.cfg.seed.wrapping_add(epoch as u64));
+            perm.shuffle(&mut rng);
+            self.order = Some((epoch, perm));
+        }
+        self.order.as_ref().expect("set above").1[pos % n]
+    }
+
+    /// One optimiser update over `grad_accum` micro-batches.
+    pub fn train_step(&mut self) -> Result<StepMetrics> {
+        let t0 = Instant::now();
+        let s = self.opt.step_count();
+        let (b, a) = (self.cfg.micro_batch, self.cfg.grad_accum);
+        let mut grads = self.opt.zero_grads();
+        let (mut loss_sum, mut kl_sum, mut ce_sum, mut tokens, mut targets) =
+            (0.0, 0.0, 0.0, 0, 0.0);
+        for k in 0..a {
+            let idx: Vec<usize> = (0..b)
+                .map(|j| self.example_at((s * a + k) * b + j))
+                .collect();
+            let seqs: Vec<Vec<u32>> = idx.iter().map(|&i| self.data[i].ids.clone()).collect();
+            let learn: Vec<Vec<bool>> = idx.iter().map(|&i| self.data[i].learn.clone()).collect();
+            let batch = Batch::new(&seqs, Some(&learn), self.pad, self.student.device())?;
+            tokens += batch.token_count();
+            targets += batch.target_count()?;
+            let logits = self.student.logits(&batch)?;
+            let l = match self.teacher {
+                Some(t) => {
+                    let tl = t.logits(&batch)?.detach();
+                    let d = loss::distill_loss(
+                        &tl,
+                        &logits,
+                        &batch.ids,
+                        &batch.target_mask,
+                        self.cfg.alpha,
+                    )?;
+                    kl_sum += d.kl;
+                    ce_sum += d.ce;
+                    d.loss
+                }
+                None => {
+                    let ce = loss::cross_entropy(&logits, &batch.ids, &batch.target_mask)?;
+                    ce_sum += loss::scalar(&ce)?;
+                    ce
+                }
+            };
+            loss_sum += loss::scalar(&l)?;
+            let store = (l / a as f64)?.backward()?;
+            self.opt.accumulate(&mut grads, &store)?;
+        }
+        let grad_norm = if self.cfg.max_grad_norm > 0.0 {
+            grads.clip(self.cfg.max_grad_norm)?
+        } else {
+            grads.norm()?
+        };
+        let lr = self.cfg.schedule.lr(s);
+        self.opt.step(&grads, lr)?;
+        let secs = t0.elapsed().as_secs_f64().max(1e-9);
+        let af = a as f64;
+        Ok(StepMetrics {
+            step: s + 1,
+            loss: loss_sum / af,
+            kl: self.teacher.map(|_| kl_sum / af),
+            ce: Some(ce_sum / af),
+            lr,
+            grad_norm,
+            tokens_per_s: tokens as f64 / secs,
+            target_tokens: targets,
+        })
+    }
+
+    fn save(&self) -> Result<PathBuf> {
+        let state = TrainState {
+            step: self.opt.step_count(),
+            seed: self.cfg.seed,
+            data_len: self.data.len(),
+            config: serde_json::to_value(&self.cfg).expect("config serialises"),
+        };
+        save_checkpoint(
+            &self.exp,
+            self.student,
+            &self.opt,
+            &state,
+            self.cfg.keep_last,
+        )
+    }
+
+    /// Train until `until` updates are done (at most the schedule's total), logging metrics
+    /// and saving checkpoints every `save_every` updates and at the end. Returns the metrics of
+    /// the updates made by this call.
+    pub fn run(&mut self, until: usize) -> Result<Vec<StepMetrics>> {
+        let until = until.min(self.cfg.schedule.total_steps);
+        if self.metrics.is_none() {
+            self.metrics = Some(MetricsLog::open(&self.exp, self.opt.step_count())?);
+        }
+        let mut out = Vec::new();
+        let start = self.opt.step_count();
+        // Hidden automatically when stderr is not a terminal (tests, logs to files).
+        let bar = indicatif::ProgressBar::new(until.saturating_sub(start) as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} step {pos}/{len} [{bar:30}] {msg} elapsed {elapsed} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        while self.opt.step_count() < until {
+            let m = self.train_step()?;
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.0} tok/s",
+                m.loss, m.lr, m.tokens_per_s
+            ));
+            tracing::debug!(
+                step = m.step,
+                loss = m.loss,
+                lr = m.lr,
+                grad_norm = m.grad_norm,
+                "step"
+            );
+            self.metrics.as_mut().expect("opened above").write(&m)?;
+            let step = m.step;
+            out.push(m);
+            let every = self.cfg.save_every;
+            if (every > 0 && step.is_multiple_of(every)) || step == self.cfg.schedule.total_steps {
+                self.save()?;
+            }
+        }
+        bar.finish_and_clear();
+        let log = self.exp.join("metrics.jsonl");
+        if log.exists() {
+            crate::plot::plot_metrics(&MetricsLog::read(&log)?, &self.exp.join("metrics.png"))?;
+        }
+        if let Some(m) = out.last() {
+            tracing::info!(
+                step = m.step,
+                loss = m.loss,
+                lr = m.lr,
+                "training reached step"
+            );
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollout_masks_prompt_and_observations() {
+        let r = Rollout {
+            prompt_ids: vec![1, 2, 3],
+            response_ids: vec![4, 5, 6, 7],
+            response_mask: vec![1, 0, 0, 1],
+            logprobs: vec![0.0; 4],
+        };
+        let e = Example::from_rollout(&r).unwrap();
+        assert_eq!(e.ids, vec![1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(e.learn, vec![false, false, false, true, false, false, true]);
+        let bad = Rollout {
+            response_mask: vec![1],
+            ..r
+        };
+        assert!(Example::from_rollout(&bad).is_err());
+    }
+}
