@@ -527,4 +527,26 @@ fn pkg_config_install_builds_the_examples() {
         check_output(src, &out);
         check_example_output(&out.stdout, &f);
     }
+    // Static linking: libdgpo.a plus the system libraries of `Libs.private`.
+    let exe = f.dir.path().join("ask_static");
+    let script = format!(
+        "cc '{}' $(pkg-config --cflags dgpo) '{}' \
+         $(pkg-config --static --libs-only-l dgpo | sed 's/-ldgpo//') -o '{}'",
+        repo_root().join("examples/c/ask.c").display(),
+        prefix.join("lib/libdgpo.a").display(),
+        exe.display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .env("PKG_CONFIG_PATH", &pc_path)
+        .output()
+        .unwrap();
+    check_output(&script, &out);
+    let out = Command::new(&exe)
+        .arg(&f.config)
+        .arg(QUESTION)
+        .output()
+        .unwrap();
+    check_output("static ask", &out);
+    check_example_output(&out.stdout, &f);
 }
