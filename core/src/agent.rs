@@ -15,7 +15,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::chat::Message;
-use crate::generate::{GenerateOptions, StopReason, generate};
+use crate::generate::{GenerateOptions, StopReason, generate_cancellable};
 use crate::model::{LanguageModel, Session};
 use crate::protocol::{self, Action};
 use crate::retrieve::Retriever;
@@ -145,8 +145,8 @@ impl<'a> Agent<'a> {
             .map(|(t, _)| t)
     }
 
-    /// Answer `question`, reporting events; `cancelled` is polled between tokens' turns and
-    /// ends the run with [`Error::Cancelled`].
+    /// Answer `question`, reporting events; `cancelled` is polled before every generated token
+    /// and every turn, and ends the run with [`Error::Cancelled`].
     pub fn run_with(
         &self,
         question: &str,
@@ -204,9 +204,15 @@ impl<'a> Agent<'a> {
             let search_enabled = turn < self.cfg.max_turns;
             let step_start = Instant::now();
             let prefill_tokens = pending.len();
-            let g = generate(session, tok, &pending, &mut sampler, &gen_opts, &mut |t| {
-                on_event(AgentEvent::Text(t))
-            })?;
+            let g = generate_cancellable(
+                session,
+                tok,
+                &pending,
+                &mut sampler,
+                &gen_opts,
+                &mut |t| on_event(AgentEvent::Text(t)),
+                cancelled,
+            )?;
             if g.stop == StopReason::ContextFull && g.tokens.is_empty() {
                 trace.finish = Finish::ContextFull;
                 break;

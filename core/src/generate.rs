@@ -68,6 +68,20 @@ pub fn generate(
     opts: &GenerateOptions,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation> {
+    generate_cancellable(session, tok, prefill, sampler, opts, on_text, &|| false)
+}
+
+/// [`generate`], polling `cancelled` before each token so that a caller (a UI, a C client) can
+/// stop a long turn within one token; a cancelled run ends with [`Error::Cancelled`].
+pub fn generate_cancellable(
+    session: &mut dyn Session,
+    tok: &Tokenizer,
+    prefill: &[u32],
+    sampler: &mut Sampler,
+    opts: &GenerateOptions,
+    on_text: &mut dyn FnMut(&str),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Generation> {
     if prefill.is_empty() {
         return Err(Error::invalid(
             "generate needs at least one token to prefill",
@@ -94,6 +108,9 @@ pub fn generate(
     let max_stop = opts.stop.iter().map(|s| s.len()).max().unwrap_or(0);
     let mut stream = TokenStream::new();
     for i in 0..opts.max_new_tokens {
+        if cancelled() {
+            return Err(Error::Cancelled);
+        }
         let t = Instant::now();
         let s = sampler.sample(&logits);
         g.decode_ms += t.elapsed().as_secs_f64() * 1e3;
