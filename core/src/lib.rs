@@ -11,6 +11,8 @@
 pub mod agent;
 pub mod chat;
 pub mod corpus;
+pub mod embed;
+pub mod index;
 pub mod error;
 pub mod generate;
 #[cfg(feature = "llama")]

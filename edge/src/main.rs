@@ -4,6 +4,7 @@
 //! serve commands.
 
 mod ask;
+mod index;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Ask one question: the agent thinks, searches the corpus and answers.
     Ask(ask::AskArgs),
+    /// Build, import, inspect and search disk indexes.
+    Index(index::IndexArgs),
 }
 
 fn init_tracing() {
@@ -36,5 +39,6 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Ask(args) => ask::run(args),
+        Command::Index(args) => index::run(args),
     }
 }
