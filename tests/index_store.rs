@@ -16,7 +16,10 @@ use rand::{RngExt, SeedableRng};
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f32> {
@@ -76,7 +79,9 @@ fn e5_prefixes_are_applied() {
     assert_eq!(opts.passage_prefix, "passage: ");
     let e5e = BertEmbedder::load(&e5, opts).unwrap();
     let plain = BertEmbedder::load(&common::fixture("tiny-bert"), BertOptions::default()).unwrap();
-    let q = e5e.embed(&["what is the capital of france?"], Role::Query).unwrap();
+    let q = e5e
+        .embed(&["what is the capital of france?"], Role::Query)
+        .unwrap();
     let want = plain
         .embed(&["query: what is the capital of france?"], Role::Query)
         .unwrap();
@@ -101,6 +106,23 @@ fn minilm_similarity_matches_sentence_transformers() {
     assert!((cos - 0.755).abs() <= 0.002, "cos = {cos}");
 }
 
+/// `n` unit vectors around 100 random centres (noise of the same norm as the centres):
+/// sentence embeddings are clustered like this, with a far lower intrinsic dimension than
+/// uniform noise, on which every graph index degrades (see the README's Index section).
+fn clustered(rng: &mut StdRng, centres: &[Vec<f32>], n: usize) -> Vec<Vec<f32>> {
+    let dim = centres[0].len();
+    (0..n)
+        .map(|_| {
+            let c = &centres[rng.random_range(0..centres.len())];
+            let mut noise: Vec<f32> = (0..dim).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+            embed::l2_normalize(&mut noise);
+            let mut v: Vec<f32> = c.iter().zip(&noise).map(|(a, b)| a + 0.8 * b).collect();
+            embed::l2_normalize(&mut v);
+            v
+        })
+        .collect()
+}
+
 fn random_unit(rng: &mut StdRng, n: usize, dim: usize) -> Vec<Vec<f32>> {
     (0..n)
         .map(|_| {
@@ -114,8 +136,9 @@ fn random_unit(rng: &mut StdRng, n: usize, dim: usize) -> Vec<Vec<f32>> {
 fn recall_for(backend: Backend) {
     let (n, dim, nq, k) = (10_000, 384, 50, 10);
     let mut rng = StdRng::seed_from_u64(7);
-    let vectors = random_unit(&mut rng, n, dim);
-    let queries = random_unit(&mut rng, nq, dim);
+    let centres = random_unit(&mut rng, 100, dim);
+    let vectors = clustered(&mut rng, &centres, n);
+    let queries = clustered(&mut rng, &centres, nq);
     let tmp = tempfile::tempdir().unwrap();
     let e = HashEmbedder::new(dim, None).unwrap();
     let rows = vectors.iter().enumerate().map(|(i, v)| {
@@ -137,7 +160,11 @@ fn recall_for(backend: Backend) {
         assert_eq!(got.len(), k);
         // Scores are cosines: check them against the exact values.
         for (item, s) in &got {
-            let c: f32 = vectors[*item as usize].iter().zip(q).map(|(a, b)| a * b).sum();
+            let c: f32 = vectors[*item as usize]
+                .iter()
+                .zip(q)
+                .map(|(a, b)| a * b)
+                .sum();
             assert!((c - s).abs() < 1e-4, "score {s} vs cosine {c}");
         }
         found += got.iter().filter(|h| exact.contains(&h.0)).count();
@@ -170,10 +197,26 @@ fn write_corpus(dir: &std::path::Path, rows: &[(&str, &str, &str)]) -> std::path
 }
 
 const ROWS: &[(&str, &str, &str)] = &[
-    ("0", "\"Paris\"", "Paris is the capital and largest city of France."),
-    ("1", "\"Seine\"", "The Seine is a river that flows through Paris."),
-    ("2", "\"Apple Inc.\"", "Apple Inc. is headquartered in Cupertino, California."),
-    ("3", "\"Photosynthesis\"", "Plants turn light into chemical energy."),
+    (
+        "0",
+        "\"Paris\"",
+        "Paris is the capital and largest city of France.",
+    ),
+    (
+        "1",
+        "\"Seine\"",
+        "The Seine is a river that flows through Paris.",
+    ),
+    (
+        "2",
+        "\"Apple Inc.\"",
+        "Apple Inc. is headquartered in Cupertino, California.",
+    ),
+    (
+        "3",
+        "\"Photosynthesis\"",
+        "Plants turn light into chemical energy.",
+    ),
 ];
 
 #[test]
@@ -220,13 +263,22 @@ fn mismatching_embedder_is_refused() {
     ))
     .unwrap();
     let other: Arc<dyn Embedder> = Arc::new(HashEmbedder::new(64, None).unwrap());
-    let err = Index::open_with(&out, Some(other)).err().unwrap().to_string();
+    let err = Index::open_with(&out, Some(other))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("embedder mismatch"), "{err}");
-    assert!(err.contains("hash-v1:128") && err.contains("hash-v1:64"), "{err}");
+    assert!(
+        err.contains("hash-v1:128") && err.contains("hash-v1:64"),
+        "{err}"
+    );
     let bert: Arc<dyn Embedder> = Arc::new(
         BertEmbedder::load(&common::fixture("tiny-bert"), BertOptions::default()).unwrap(),
     );
-    let err = Index::open_with(&out, Some(bert)).err().unwrap().to_string();
+    let err = Index::open_with(&out, Some(bert))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("embedder mismatch"), "{err}");
     // The same embedder given explicitly is accepted.
     let same: Arc<dyn Embedder> = Arc::new(HashEmbedder::new(128, None).unwrap());
@@ -248,7 +300,10 @@ fn malformed_lines_stop_the_build_before_writing_or_are_skipped() {
     let err = index::build(&o).unwrap_err().to_string();
     assert!(err.contains("bad.jsonl:3:"), "{err}");
     assert!(err.contains("--skip-bad"), "{err}");
-    assert!(!out.exists(), "nothing may be written for a rejected corpus");
+    assert!(
+        !out.exists(),
+        "nothing may be written for a rejected corpus"
+    );
     o.skip_bad = true;
     let r = index::build(&o).unwrap();
     assert_eq!((r.documents, r.skipped), (3, 1));
@@ -262,12 +317,21 @@ fn faiss_flat_files_are_read_exactly() {
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
             .unwrap();
-    let vectors: Vec<Vec<f32>> = r["vectors"].as_array().unwrap().iter().map(floats).collect();
+    let vectors: Vec<Vec<f32>> = r["vectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(floats)
+        .collect();
     for (file, ip) in [("flat_ip.index", true), ("flat_l2.index", false)] {
         let f = FaissFlat::open(&dir.join(file)).unwrap();
         assert_eq!((f.dim, f.ntotal, f.inner_product), (16, 40, ip));
         for (i, v) in vectors.iter().enumerate() {
-            assert_eq!(&f.row(i as u64).unwrap(), v, "{file} row {i} must be bit-exact");
+            assert_eq!(
+                &f.row(i as u64).unwrap(),
+                v,
+                "{file} row {i} must be bit-exact"
+            );
         }
         assert!(f.row(40).is_none());
     }
@@ -275,11 +339,20 @@ fn faiss_flat_files_are_read_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(dir.join("flat_ip.index")).unwrap();
     std::fs::write(tmp.path().join("t.index"), &bytes[..bytes.len() - 10]).unwrap();
-    let err = FaissFlat::open(&tmp.path().join("t.index")).err().unwrap().to_string();
+    let err = FaissFlat::open(&tmp.path().join("t.index"))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("truncated"), "{err}");
-    std::fs::write(tmp.path().join("x.index"), b"IxHNxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx")
-        .unwrap();
-    let err = FaissFlat::open(&tmp.path().join("x.index")).err().unwrap().to_string();
+    std::fs::write(
+        tmp.path().join("x.index"),
+        b"IxHNxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    )
+    .unwrap();
+    let err = FaissFlat::open(&tmp.path().join("x.index"))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("IxHN"), "{err}");
 }
 
@@ -289,7 +362,12 @@ fn faiss_import_searches_like_faiss() {
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
             .unwrap();
-    let queries: Vec<Vec<f32>> = r["queries"].as_array().unwrap().iter().map(floats).collect();
+    let queries: Vec<Vec<f32>> = r["queries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(floats)
+        .collect();
     let k = r["k"].as_u64().unwrap() as usize;
     // The vectors are 16-d: a random 16-d BERT folder stands in for "the model that made
     // them" (the import records it for queries and never runs it over the corpus).
@@ -354,8 +432,12 @@ fn faiss_import_searches_like_faiss() {
         assert!(idx.meta().source.starts_with("faiss:"));
         assert_eq!(idx.passage(0).unwrap().unwrap().title, "\"Paris\"");
         for (qi, q) in queries.iter().enumerate() {
-            let got: Vec<i64> =
-                idx.search_items(q, k).unwrap().iter().map(|h| h.0 as i64).collect();
+            let got: Vec<i64> = idx
+                .search_items(q, k)
+                .unwrap()
+                .iter()
+                .map(|h| h.0 as i64)
+                .collect();
             let want: Vec<i64> = r[key]["ids"][qi]
                 .as_array()
                 .unwrap()

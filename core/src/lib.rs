@@ -12,9 +12,9 @@ pub mod agent;
 pub mod chat;
 pub mod corpus;
 pub mod embed;
-pub mod index;
 pub mod error;
 pub mod generate;
+pub mod index;
 #[cfg(feature = "llama")]
 pub mod llama;
 pub mod model;

@@ -35,8 +35,17 @@ fn corpus(dir: &Path, n: usize) -> PathBuf {
 
 fn build_args(corpus: &Path, out: &Path) -> Vec<String> {
     [
-        "index", "build", "--corpus", corpus.to_str().unwrap(), "--embedder", "hash:64",
-        "--out", out.to_str().unwrap(), "--chunk-size", "100", "--no-progress",
+        "index",
+        "build",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--embedder",
+        "hash:64",
+        "--out",
+        out.to_str().unwrap(),
+        "--chunk-size",
+        "100",
+        "--no-progress",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -65,8 +74,14 @@ fn kill_mid_build_then_resume_equals_uninterrupted_build() {
             .unwrap();
         let t = Instant::now();
         while committed(&resumed) < threshold {
-            assert!(t.elapsed() < Duration::from_secs(60), "build made no progress");
-            assert!(child.try_wait().unwrap().is_none(), "build ended before the kill");
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "build made no progress"
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "build ended before the kill"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         child.kill().unwrap(); // SIGKILL
@@ -75,17 +90,31 @@ fn kill_mid_build_then_resume_equals_uninterrupted_build() {
         assert!(meta.documents >= threshold && meta.documents < n as u64);
         assert!(matches!(meta.build, BuildState::Ingesting { .. }));
         let err = Index::open(&resumed).err().unwrap().to_string();
-        assert!(err.contains("incomplete") && err.contains("resume"), "{err}");
+        assert!(
+            err.contains("incomplete") && err.contains("resume"),
+            "{err}"
+        );
     }
     let before = committed(&resumed);
     let out = edge().args(build_args(&corpus, &resumed)).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(&format!("{before} resumed")), "{stdout}");
 
     let straight = tmp.path().join("straight");
-    let out = edge().args(build_args(&corpus, &straight)).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = edge()
+        .args(build_args(&corpus, &straight))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let a = Index::open(&resumed).unwrap();
     let b = Index::open(&straight).unwrap();
@@ -99,7 +128,12 @@ fn kill_mid_build_then_resume_equals_uninterrupted_build() {
         assert_eq!(a.vector(i).unwrap(), b.vector(i).unwrap(), "vector {i}");
     }
     assert!(a.passage(n as u32).unwrap().is_none());
-    for q in ["castle and market", "town 17", "old abbey near the river", "year 2999"] {
+    for q in [
+        "castle and market",
+        "town 17",
+        "old abbey near the river",
+        "year 2999",
+    ] {
         assert_eq!(a.search(q, 5).unwrap(), b.search(q, 5).unwrap(), "{q}");
     }
 }
@@ -110,13 +144,29 @@ fn cli_build_search_and_bad_lines() {
     let corpus = corpus(tmp.path(), 50);
     let dir = tmp.path().join("idx");
     let out = edge().args(build_args(&corpus, &dir)).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = edge()
-        .args(["index", "search", dir.to_str().unwrap(), "Town 7 castle", "year 42", "-k", "3"])
+        .args([
+            "index",
+            "search",
+            dir.to_str().unwrap(),
+            "Town 7 castle",
+            "year 42",
+            "-k",
+            "3",
+        ])
         .arg("--json")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -128,7 +178,10 @@ fn cli_build_search_and_bad_lines() {
     assert!(lines[1]["hits"][0]["score"].as_f64().unwrap() > 0.0);
 
     // info works and shows the metadata.
-    let out = edge().args(["index", "info", dir.to_str().unwrap()]).output().unwrap();
+    let out = edge()
+        .args(["index", "info", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(meta["documents"], 50);
     assert_eq!(meta["embedder_id"], "hash-v1:64");
@@ -149,6 +202,10 @@ fn cli_build_search_and_bad_lines() {
         .arg("--skip-bad")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 malformed lines skipped"));
 }

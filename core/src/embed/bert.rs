@@ -66,8 +66,7 @@ impl BertOptions {
             o.pooling = Pooling::Cls;
             if name.contains("en") {
                 // bge-*-en(-v1.5)'s recommended instruction for short query → passage search.
-                o.query_prefix =
-                    "Represent this sentence for searching relevant passages: ".into();
+                o.query_prefix = "Represent this sentence for searching relevant passages: ".into();
             }
         }
         if let Ok(text) = std::fs::read_to_string(dir.join("1_Pooling/config.json"))
@@ -106,7 +105,10 @@ impl BertEmbedder {
             .map_err(|e| Error::format(&cfg_path, format!("not a BERT config: {e}")))?;
         let weights = dir.join("model.safetensors");
         if !weights.exists() {
-            return Err(Error::format(dir, "no model.safetensors in the embedder folder"));
+            return Err(Error::format(
+                dir,
+                "no model.safetensors in the embedder folder",
+            ));
         }
         // SAFETY: the file is memory-mapped read-only; like every mmap user we assume nobody
         // truncates it while the embedder is alive.
@@ -114,7 +116,8 @@ impl BertEmbedder {
             VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &Device::Cpu)
                 .map_err(|e| Error::format(&weights, e.to_string()))?
         };
-        let model = BertModel::load(vb, &config).map_err(|e| Error::format(&weights, e.to_string()))?;
+        let model =
+            BertModel::load(vb, &config).map_err(|e| Error::format(&weights, e.to_string()))?;
         let tok_path = dir.join("tokenizer.json");
         let mut tokenizer = Tokenizer::from_file(&tok_path)
             .map_err(|e| Error::format(&tok_path, format!("tokenizer: {e}")))?;

@@ -193,7 +193,11 @@ mod tests {
     fn idf_downweights_common_words() {
         let mut df = DfCounter::default();
         for t in [
-            "the river", "the city", "the mountain", "the lake", "the seine flows",
+            "the river",
+            "the city",
+            "the mountain",
+            "the lake",
+            "the seine flows",
         ] {
             df.add(t);
         }

@@ -166,7 +166,7 @@ macro_rules! hannoy_ann {
                 let mut rng = StdRng::seed_from_u64(seed);
                 hannoy::Writer::new(self.db, 0, self.dim)
                     .builder(&mut rng)
-                    .ef_construction(200)
+                    .ef_construction(100)
                     .build::<M, M0>(wtxn)
                     .map_err(err)
             }
@@ -254,13 +254,23 @@ pub(crate) fn open_db(
 /// Exact top-`k` by cosine over `vectors` (rows need not be normalised): the reference the
 /// recall tests and benches compare the ANN against.
 pub fn brute_force(vectors: &[Vec<f32>], q: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let qn = q.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+    let qn = q
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::MIN_POSITIVE);
     let mut s: Vec<(u32, f32)> = vectors
         .iter()
         .enumerate()
         .map(|(i, v)| {
             let dot: f32 = v.iter().zip(q).map(|(a, b)| a * b).sum();
-            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+            let n = v
+                .iter()
+                .map(|x| x * x)
+                .sum::<f32>()
+                .sqrt()
+                .max(f32::MIN_POSITIVE);
             (i as u32, dot / (n * qn))
         })
         .collect();

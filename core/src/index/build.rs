@@ -42,7 +42,11 @@ pub struct BuildOptions {
 
 impl BuildOptions {
     /// Defaults for `corpus` → `out` with `embedder`.
-    pub fn new(corpus: impl Into<PathBuf>, out: impl Into<PathBuf>, embedder: EmbedderSpec) -> Self {
+    pub fn new(
+        corpus: impl Into<PathBuf>,
+        out: impl Into<PathBuf>,
+        embedder: EmbedderSpec,
+    ) -> Self {
         BuildOptions {
             corpus: corpus.into(),
             out: out.into(),
@@ -100,7 +104,9 @@ fn lines(
     let mut n = 0u64;
     loop {
         buf.clear();
-        let got = r.read_until(b'\n', &mut buf).map_err(|e| Error::io(path, e))?;
+        let got = r
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| Error::io(path, e))?;
         if got == 0 {
             return Ok(());
         }
@@ -127,8 +133,15 @@ fn lines(
 }
 
 pub(crate) fn scan(path: &Path, skip_bad: bool, want_df: bool, progress: bool) -> Result<Scan> {
-    let bytes = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
-    let pb = bar(progress, bytes, "checking corpus", "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta})");
+    let bytes = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    let pb = bar(
+        progress,
+        bytes,
+        "checking corpus",
+        "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta})",
+    );
     let mut h = Fnv64::default();
     let mut df = want_df.then(embed::DfCounter::default);
     let (mut docs, mut bad, mut pos) = (0u64, 0u64, 0u64);
@@ -251,9 +264,21 @@ fn same_build(old: &IndexMeta, new: &IndexMeta) -> std::result::Result<(), Strin
     let pairs = [
         ("embedder", old.embedder_id.clone(), new.embedder_id.clone()),
         ("dimension", old.dim.to_string(), new.dim.to_string()),
-        ("backend", format!("{:?}", old.backend), format!("{:?}", new.backend)),
-        ("distance", format!("{:?}", old.distance), format!("{:?}", new.distance)),
-        ("corpus checksum", old.corpus_checksum.clone(), new.corpus_checksum.clone()),
+        (
+            "backend",
+            format!("{:?}", old.backend),
+            format!("{:?}", new.backend),
+        ),
+        (
+            "distance",
+            format!("{:?}", old.distance),
+            format!("{:?}", new.distance),
+        ),
+        (
+            "corpus checksum",
+            old.corpus_checksum.clone(),
+            new.corpus_checksum.clone(),
+        ),
         ("source", old.source.clone(), new.source.clone()),
         ("seed", old.seed.to_string(), new.seed.to_string()),
     ];
@@ -362,7 +387,8 @@ pub(crate) fn ingest(
             let item = u32::try_from(first + i as u64)
                 .map_err(|_| Error::invalid("more than 2^32 passages"))?;
             store.put_passage(&mut wtxn, item, p)?;
-            ann.add(&mut wtxn, item, v).map_err(|err| super::in_dir(err, &opts.out))?;
+            ann.add(&mut wtxn, item, v)
+                .map_err(|err| super::in_dir(err, &opts.out))?;
         }
         meta.documents += chunk.len() as u64;
         skipped += *chunk_skipped;
@@ -415,7 +441,12 @@ pub(crate) fn ingest(
     }
     // The ANN build and the `complete` mark commit together: an interrupted build is redone.
     let t1 = Instant::now();
-    let spin = bar(opts.progress, 1, "building ANN", "{spinner} {msg} ({elapsed})");
+    let spin = bar(
+        opts.progress,
+        1,
+        "building ANN",
+        "{spinner} {msg} ({elapsed})",
+    );
     spin.enable_steady_tick(Duration::from_millis(200));
     let mut wtxn = store.env.write_txn().map_err(&e)?;
     ann.build(&mut wtxn, meta.seed)

@@ -118,7 +118,10 @@ impl VectorSource for Rows<'_> {
         (first..first + passages.len() as u64)
             .map(|i| {
                 self.0.row(i).ok_or_else(|| {
-                    Error::format(&self.0.path, format!("no vector {i} (ntotal {})", self.0.ntotal))
+                    Error::format(
+                        &self.0.path,
+                        format!("no vector {i} (ntotal {})", self.0.ntotal),
+                    )
                 })
             })
             .collect()

@@ -180,17 +180,17 @@ impl Store {
         let Some(bytes) = self.meta_db.get(rtxn, "meta").map_err(self.err())? else {
             return Ok(None);
         };
-        serde_json::from_slice(bytes).map(Some).map_err(|e| Error::Index {
-            path: self.dir.clone(),
-            msg: format!("unreadable metadata: {e}"),
-        })
+        serde_json::from_slice(bytes)
+            .map(Some)
+            .map_err(|e| Error::Index {
+                path: self.dir.clone(),
+                msg: format!("unreadable metadata: {e}"),
+            })
     }
 
     pub fn write_meta(&self, wtxn: &mut RwTxn, meta: &IndexMeta) -> Result<()> {
         let bytes = serde_json::to_vec(meta).expect("metadata serialises");
-        self.meta_db
-            .put(wtxn, "meta", &bytes)
-            .map_err(self.err())
+        self.meta_db.put(wtxn, "meta", &bytes).map_err(self.err())
     }
 
     pub fn read_idf(&self, rtxn: &RoTxn) -> Result<Option<Vec<f32>>> {
@@ -255,8 +255,7 @@ pub fn inspect(dir: &Path) -> Result<IndexMeta> {
     let rtxn = store.env.read_txn().map_err(store.err())?;
     store.read_meta(&rtxn)?.ok_or_else(|| Error::Index {
         path: dir.to_path_buf(),
-        msg: "no metadata: the build was interrupted before its first commit; run it again"
-            .into(),
+        msg: "no metadata: the build was interrupted before its first commit; run it again".into(),
     })
 }
 
@@ -430,7 +429,9 @@ impl Index {
     /// The stored vector of passage `item`.
     pub fn vector(&self, item: u32) -> Result<Option<Vec<f32>>> {
         let rtxn = self.store.env.read_txn().map_err(self.store.err())?;
-        self.ann.vector(&rtxn, item).map_err(|e| in_dir(e, &self.store.dir))
+        self.ann
+            .vector(&rtxn, item)
+            .map_err(|e| in_dir(e, &self.store.dir))
     }
 
     /// Raw ANN search: `(item, cosine)` pairs, best first.
@@ -461,10 +462,12 @@ impl Index {
                     .into_iter()
                     .map(|(item, score)| {
                         let passage =
-                            self.store.get_passage(&rtxn, item)?.ok_or_else(|| Error::Index {
-                                path: self.store.dir.clone(),
-                                msg: format!("vector {item} has no passage"),
-                            })?;
+                            self.store
+                                .get_passage(&rtxn, item)?
+                                .ok_or_else(|| Error::Index {
+                                    path: self.store.dir.clone(),
+                                    msg: format!("vector {item} has no passage"),
+                                })?;
                         Ok(Hit { passage, score })
                     })
                     .collect()
