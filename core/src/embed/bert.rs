@@ -69,6 +69,17 @@ impl BertOptions {
                 o.query_prefix = "Represent this sentence for searching relevant passages: ".into();
             }
         }
+        if name.contains("minilm") {
+            // sentence-transformers truncates all-MiniLM-* inputs at 256 word pieces.
+            o.max_len_passage = 256;
+        }
+        if let Ok(text) = std::fs::read_to_string(dir.join("sentence_bert_config.json"))
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            && let Some(n) = v["max_seq_length"].as_u64()
+        {
+            o.max_len_query = n as usize;
+            o.max_len_passage = n as usize;
+        }
         if let Ok(text) = std::fs::read_to_string(dir.join("1_Pooling/config.json"))
             && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
         {
