@@ -110,13 +110,21 @@ fn main() {
                 ms.push(t.elapsed().as_secs_f64() * 1e3);
                 let ex10: Vec<u32> = ex.iter().map(|h| h.0).collect();
                 r10 += got.iter().filter(|h| ex10.contains(&h.0)).count();
-                r3 += got.iter().take(3).filter(|h| ex10[..3].contains(&h.0)).count();
+                r3 += got
+                    .iter()
+                    .take(3)
+                    .filter(|h| ex10[..3].contains(&h.0))
+                    .count();
             }
             ms.sort_by(f64::total_cmp);
             let name = format!(
                 "{}{}",
                 format!("{backend:?}").to_lowercase(),
-                if distance == Distance::BinaryCosine { "+bq" } else { "" }
+                if distance == Distance::BinaryCosine {
+                    "+bq"
+                } else {
+                    ""
+                }
             );
             println!(
                 "{dim:>4} {name:>14} {build_s:>9.2} {:>9.3} {:>9.3} {:>8.3} {:>8.3} {:>10.2}",

@@ -26,7 +26,9 @@ fn wiki_summaries_with_minilm_find_apple() {
         r.ann_build_secs
     );
     let idx = Index::open(&out).unwrap();
-    let hits = idx.search("Where is the headquarters of Apple?", 3).unwrap();
+    let hits = idx
+        .search("Where is the headquarters of Apple?", 3)
+        .unwrap();
     let titles: Vec<&str> = hits.iter().map(|h| h.passage.title.as_str()).collect();
     assert!(titles.contains(&"\"Apple Inc.\""), "{titles:?}");
 }

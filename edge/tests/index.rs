@@ -209,3 +209,46 @@ fn cli_build_search_and_bad_lines() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 malformed lines skipped"));
 }
+
+#[test]
+fn ask_uses_the_disk_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = corpus(tmp.path(), 20);
+    let dir = tmp.path().join("idx");
+    let out = edge().args(build_args(&corpus, &dir)).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-qwen2");
+    let ask = |index: &Path| {
+        edge()
+            .args([
+                "ask",
+                "--json",
+                "--max-turns",
+                "1",
+                "--max-turn-tokens",
+                "8",
+                "--model",
+            ])
+            .arg(&model)
+            .arg("--index")
+            .arg(index)
+            .arg("which town has a castle")
+            .output()
+            .unwrap()
+    };
+    let out = ask(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["question"], "which town has a castle");
+    let out = ask(&tmp.path().join("missing"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no index here"));
+}
