@@ -24,6 +24,9 @@ pub struct AskArgs {
     /// exactly in memory with BM25.
     #[arg(long)]
     pub corpus: Option<PathBuf>,
+    /// Disk index directory built by `edge index build` (searched with its recorded embedder).
+    #[arg(long, conflicts_with = "corpus")]
+    pub index: Option<PathBuf>,
     /// Backend: auto, candle or llama.
     #[arg(long, default_value = "auto")]
     pub backend: String,
@@ -58,14 +61,23 @@ pub struct AskArgs {
     pub question: String,
 }
 
-/// Open the retriever named on the command line.
-pub fn open_retriever(corpus: Option<&PathBuf>) -> Result<Box<dyn Retriever>> {
+/// Open the retriever named on the command line: a disk index, or a corpus searched in memory.
+pub fn open_retriever(
+    corpus: Option<&PathBuf>,
+    index: Option<&PathBuf>,
+) -> Result<Box<dyn Retriever>> {
+    if let Some(dir) = index {
+        return Ok(Box::new(
+            dgpo_core::index::Index::open(dir)
+                .with_context(|| format!("opening index {}", dir.display()))?,
+        ));
+    }
     match corpus {
         Some(p) => Ok(Box::new(
             MemoryRetriever::from_jsonl(p)
                 .with_context(|| format!("loading corpus {}", p.display()))?,
         )),
-        None => bail!("no corpus given: pass --corpus corpus.jsonl"),
+        None => bail!("no corpus given: pass --corpus corpus.jsonl or --index DIR"),
     }
 }
 
@@ -81,7 +93,7 @@ pub fn run(args: AskArgs) -> Result<()> {
         max_context: None,
     };
     let model = dgpo_core::model::load(&args.model, &opts)?;
-    let retriever = open_retriever(args.corpus.as_ref())?;
+    let retriever = open_retriever(args.corpus.as_ref(), args.index.as_ref())?;
     let cfg = AgentConfig {
         max_turns: args.max_turns,
         topk: args.topk,

@@ -5,6 +5,7 @@
 
 mod ask;
 mod serve;
+mod index;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -23,6 +24,8 @@ enum Command {
     Ask(ask::AskArgs),
     /// Serve the agent, the retriever and the model over HTTP (loopback by default).
     Serve(serve::ServeArgs),
+    /// Build, import, inspect and search disk indexes.
+    Index(index::IndexArgs),
 }
 
 fn init_tracing() {
@@ -40,5 +43,6 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Ask(args) => ask::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Index(args) => index::run(args),
     }
 }

@@ -2,8 +2,10 @@
 //! in-memory retriever used when no disk index is given.
 
 mod memory;
+mod remote;
 
 pub use memory::MemoryRetriever;
+pub use remote::RemoteRetriever;
 
 use serde::{Deserialize, Serialize};
 
@@ -83,13 +85,15 @@ pub enum RetrieverSpec {
 pub fn open(spec: &RetrieverSpec) -> Result<std::sync::Arc<dyn Retriever>> {
     match spec {
         RetrieverSpec::Corpus(path) => Ok(std::sync::Arc::new(MemoryRetriever::from_jsonl(path)?)),
-        RetrieverSpec::Index { dir, .. } => Err(crate::Error::Index {
-            path: dir.clone(),
-            msg: "this build has no disk index support yet".into(),
-        }),
-        RetrieverSpec::Remote(url) => Err(crate::Error::Remote {
-            url: url.clone(),
-            msg: "this build has no remote retriever yet".into(),
-        }),
+        RetrieverSpec::Index { dir, embedder } => {
+            let embedder = match embedder {
+                Some(e) => Some(crate::embed::open(&crate::embed::parse_spec(e)?, None)?),
+                None => None,
+            };
+            Ok(std::sync::Arc::new(crate::index::Index::open_with(
+                dir, embedder,
+            )?))
+        }
+        RetrieverSpec::Remote(url) => Ok(std::sync::Arc::new(RemoteRetriever::new(url)?)),
     }
 }
