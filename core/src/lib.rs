@@ -11,7 +11,9 @@
 pub mod agent;
 pub mod chat;
 pub mod corpus;
+pub mod data;
 pub mod error;
+pub mod eval;
 pub mod generate;
 #[cfg(feature = "llama")]
 pub mod llama;

@@ -4,6 +4,7 @@
 //! serve commands.
 
 mod ask;
+mod eval;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Ask one question: the agent thinks, searches the corpus and answers.
     Ask(ask::AskArgs),
+    /// Evaluate models on a QA dataset: EM/F1 and ARCap, as JSON, a table and a chart.
+    Eval(eval::EvalArgs),
 }
 
 fn init_tracing() {
@@ -36,5 +39,6 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Ask(args) => ask::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }
