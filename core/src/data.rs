@@ -76,19 +76,20 @@ pub fn parse_row(v: &Value, index: usize, default_source: &str) -> Result<Questi
     };
     let golden = match obj.get("golden_answers") {
         Some(Value::Null) | None => None,
-        Some(g) => Some(
-            string_list(g).ok_or("field \"golden_answers\" must be a list of strings")?,
-        ),
+        Some(g) => {
+            Some(string_list(g).ok_or("field \"golden_answers\" must be a list of strings")?)
+        }
     };
-    let golden = match golden {
-        Some(g) => Some(g),
-        None => match v.pointer("/reward_model/ground_truth/target") {
-            Some(Value::Null) | None => None,
-            Some(t) => Some(string_list(t).ok_or(
-                "field \"reward_model.ground_truth.target\" must be a list of strings",
-            )?),
-        },
-    };
+    let golden =
+        match golden {
+            Some(g) => Some(g),
+            None => match v.pointer("/reward_model/ground_truth/target") {
+                Some(Value::Null) | None => None,
+                Some(t) => Some(string_list(t).ok_or(
+                    "field \"reward_model.ground_truth.target\" must be a list of strings",
+                )?),
+            },
+        };
     let golden_answers = match golden {
         Some(g) if g.iter().any(|a| !a.trim().is_empty()) => g,
         Some(_) => return Err(format!("question {id:?} has an empty golden_answers list")),
@@ -259,20 +260,29 @@ mod tests {
         assert_eq!(q.id, "5");
         assert_eq!(q.golden_answers, vec!["A", "B"]);
         assert_eq!(q.data_source, "nq");
-        let q = parse_row(&json!({"question": "q", "golden_answers": "single"}), 7, "src").unwrap();
-        assert_eq!(
-            (q.id.as_str(), q.data_source.as_str()),
-            ("7", "src")
-        );
+        let q = parse_row(
+            &json!({"question": "q", "golden_answers": "single"}),
+            7,
+            "src",
+        )
+        .unwrap();
+        assert_eq!((q.id.as_str(), q.data_source.as_str()), ("7", "src"));
         assert_eq!(q.golden_answers, vec!["single"]);
     }
 
     #[test]
     fn rows_without_answers_or_question_are_refused() {
         let e = parse_row(&json!({"id": "a", "question": "q"}), 0, "x").unwrap_err();
-        assert!(e.contains("no golden_answers") && e.contains("\"a\""), "{e}");
-        let e = parse_row(&json!({"id": "a", "question": "q", "golden_answers": []}), 0, "x")
-            .unwrap_err();
+        assert!(
+            e.contains("no golden_answers") && e.contains("\"a\""),
+            "{e}"
+        );
+        let e = parse_row(
+            &json!({"id": "a", "question": "q", "golden_answers": []}),
+            0,
+            "x",
+        )
+        .unwrap_err();
         assert!(e.contains("empty golden_answers"), "{e}");
         let e = parse_row(&json!({"id": "a", "golden_answers": ["x"]}), 0, "x").unwrap_err();
         assert!(e.contains("\"question\""), "{e}");

@@ -55,12 +55,19 @@ fn flashrag_jsonl_takes_its_source_from_the_file() {
     let fr = data::load(&fixtures().join("data/flashrag_test.jsonl")).unwrap();
     assert_eq!(fr.len(), 6);
     assert!(fr.iter().all(|q| q.data_source == "flashrag_test"));
-    assert_eq!(fr[2].golden_answers, strings(&["Albert Einstein", "Einstein"]));
+    assert_eq!(
+        fr[2].golden_answers,
+        strings(&["Albert Einstein", "Einstein"])
+    );
     // FlashRAG's <dataset>/test.jsonl layout names the source by folder.
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("musique")).unwrap();
     let p = dir.path().join("musique/test.jsonl");
-    std::fs::write(&p, "{\"id\": \"a\", \"question\": \"q\", \"golden_answers\": [\"x\"]}\n").unwrap();
+    std::fs::write(
+        &p,
+        "{\"id\": \"a\", \"question\": \"q\", \"golden_answers\": [\"x\"]}\n",
+    )
+    .unwrap();
     assert_eq!(data::load(&p).unwrap()[0].data_source, "musique");
 }
 
@@ -76,12 +83,24 @@ fn a_jsonl_row_without_answers_is_reported_with_its_line() {
     let e = data::load(&p).unwrap_err().to_string();
     assert!(e.contains("bad.jsonl:3:"), "{e}");
     assert!(e.contains("golden_answers") && e.contains("\"b\""), "{e}");
-    std::fs::write(&p, "{\"id\": \"a\", \"question\": \"q1\", \"golden_answers\": [\"x\"]}\n{oops\n").unwrap();
+    std::fs::write(
+        &p,
+        "{\"id\": \"a\", \"question\": \"q1\", \"golden_answers\": [\"x\"]}\n{oops\n",
+    )
+    .unwrap();
     let e = data::load(&p).unwrap_err().to_string();
-    assert!(e.contains("bad.jsonl:2:") && e.contains("not valid JSON"), "{e}");
+    assert!(
+        e.contains("bad.jsonl:2:") && e.contains("not valid JSON"),
+        "{e}"
+    );
     let other = dir.path().join("data.csv");
     std::fs::write(&other, "x").unwrap();
-    assert!(data::load(&other).unwrap_err().to_string().contains("unknown dataset format"));
+    assert!(
+        data::load(&other)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown dataset format")
+    );
 }
 
 /// A parquet file with an optional `golden_answers` string column, null in the second row.
@@ -212,7 +231,11 @@ fn trace_one() -> (Trace, Vec<String>) {
                 0,
                 "who wrote hamlet",
                 vec![
-                    doc("1", "\"Hamlet\"", "Hamlet is a tragedy by William Shakespeare."),
+                    doc(
+                        "1",
+                        "\"Hamlet\"",
+                        "Hamlet is a tragedy by William Shakespeare.",
+                    ),
                     doc("2", "\"Macbeth\"", "Macbeth is a play."),
                 ],
                 true,
@@ -253,12 +276,21 @@ fn trace_two() -> (Trace, Vec<String>) {
 
 #[test]
 fn rewrite_distance_by_hand() {
-    assert_eq!(rewrite_distance("Who wrote Hamlet", "who wrote hamlet?"), 0.0);
+    assert_eq!(
+        rewrite_distance("Who wrote Hamlet", "who wrote hamlet?"),
+        0.0
+    );
     // [france, capital, city] vs [what, is, capital, of, france]: at most one word can stay
     // aligned, so 4 edits over 5 words.
-    assert!((rewrite_distance("France capital city", "what is the capital of France") - 0.8).abs() < 1e-12);
+    assert!(
+        (rewrite_distance("France capital city", "what is the capital of France") - 0.8).abs()
+            < 1e-12
+    );
     // Articles go first: [who, wrote, hamlet, play] vs [.., poem]: one substitution in four.
-    assert!((rewrite_distance("who wrote the hamlet play", "who wrote the hamlet poem") - 0.25).abs() < 1e-12);
+    assert!(
+        (rewrite_distance("who wrote the hamlet play", "who wrote the hamlet poem") - 0.25).abs()
+            < 1e-12
+    );
     assert_eq!(rewrite_distance("", ""), 0.0);
     assert_eq!(rewrite_distance("x", ""), 1.0);
 }
@@ -273,7 +305,10 @@ fn trace_metrics_by_hand() {
     assert!(m.answered && m.copied_answer);
     assert_eq!(m.rewrite_distances, vec![0.0]);
     assert_eq!(m.repeated_queries, 1);
-    assert_eq!((m.prompt_tokens, m.generated_tokens, m.observation_tokens), (100, 20, 40));
+    assert_eq!(
+        (m.prompt_tokens, m.generated_tokens, m.observation_tokens),
+        (100, 20, 40)
+    );
     assert_eq!(m.wall_ms, 1000.0);
 
     let (t2, g2) = trace_two();
@@ -327,7 +362,10 @@ fn summary_by_hand() {
     assert!((s.rewrite_distance - 0.4).abs() < 1e-12);
     assert_eq!(s.evidence_n, 0);
     assert_eq!(s.em_without_think, None);
-    assert_eq!((s.prompt_tokens, s.generated_tokens, s.observation_tokens), (100.0, 20.0, 40.0));
+    assert_eq!(
+        (s.prompt_tokens, s.generated_tokens, s.observation_tokens),
+        (100.0, 20.0, 40.0)
+    );
     assert_eq!(s.wall_ms, 2000.0);
 }
 
@@ -361,16 +399,25 @@ fn evidence_is_found_by_rank_then_dataset_then_corpus() {
     let hits = r.search(&q.question, 3).unwrap();
     assert_eq!(hits[0].passage.id, "2");
     let e = find_evidence(&q, &r, Some(&c), 20).unwrap().unwrap();
-    assert_eq!((e.passage.id.as_str(), e.source, e.rank), ("2", EvidenceSource::Retrieval, Some(1)));
+    assert_eq!(
+        (e.passage.id.as_str(), e.source, e.rank),
+        ("2", EvidenceSource::Retrieval, Some(1))
+    );
     // A question whose retrieval misses the answer: the dataset's passage, then the corpus.
     let q = question("capital of Germany", &["Paris"], &["3"]);
     let top = r.search(&q.question, 1).unwrap();
     assert_eq!(top[0].passage.id, "0");
     let e = find_evidence(&q, &r, Some(&c), 1).unwrap().unwrap();
-    assert_eq!((e.passage.id.as_str(), e.source), ("3", EvidenceSource::Dataset));
+    assert_eq!(
+        (e.passage.id.as_str(), e.source),
+        ("3", EvidenceSource::Dataset)
+    );
     let q = question("capital of Germany", &["Paris"], &[]);
     let e = find_evidence(&q, &r, Some(&c), 1).unwrap().unwrap();
-    assert_eq!((e.passage.id.as_str(), e.source, e.rank), ("2", EvidenceSource::Corpus, None));
+    assert_eq!(
+        (e.passage.id.as_str(), e.source, e.rank),
+        ("2", EvidenceSource::Corpus, None)
+    );
     // Without a corpus, nothing beyond retrieval.
     assert!(find_evidence(&q, &r, None, 1).unwrap().is_none());
     // No passage holds the answer.
@@ -387,8 +434,7 @@ fn evidence_prompt_puts_the_block_then_the_forced_prefix() {
     let m = tiny_model();
     let p = &corpus()[2];
     let wo = evidence_prompt(m.as_ref(), "capital of france", p, Forced::Answer, true).unwrap();
-    let base =
-        dgpo_core::agent::build_prompt(m.as_ref(), "capital of france", true).unwrap();
+    let base = dgpo_core::agent::build_prompt(m.as_ref(), "capital of france", true).unwrap();
     assert!(base.ends_with("<|im_start|>assistant\n"), "{base}");
     assert_eq!(
         wo,
@@ -400,8 +446,16 @@ fn evidence_prompt_puts_the_block_then_the_forced_prefix() {
     assert_eq!(w, format!("{}<think>", &wo[..wo.len() - "<answer>".len()]));
 
     let q = question("capital of france", &["Paris"], &[]);
-    let run = run_forced(m.as_ref(), &q, p, Forced::Answer, SamplingParams::greedy(), 6, true)
-        .unwrap();
+    let run = run_forced(
+        m.as_ref(),
+        &q,
+        p,
+        Forced::Answer,
+        SamplingParams::greedy(),
+        6,
+        true,
+    )
+    .unwrap();
     assert!(run.text.starts_with("<answer>"));
     assert!(run.generated_tokens <= 6);
     // The answer is what the protocol parser reads from prefix + generation.
@@ -414,7 +468,10 @@ fn evidence_prompt_puts_the_block_then_the_forced_prefix() {
         run.em,
         run.answer
             .as_deref()
-            .map_or(0.0, |a| dgpo_core::eval::score::exact_match(a, &q.golden_answers))
+            .map_or(0.0, |a| dgpo_core::eval::score::exact_match(
+                a,
+                &q.golden_answers
+            ))
     );
 }
 
@@ -449,20 +506,38 @@ fn evaluate_runs_every_model_and_question_and_aggregates() {
         assert_eq!(mr.questions.len(), 3);
         // Dataset order is kept despite two workers.
         let ids: Vec<&str> = mr.questions.iter().map(|q| q.question.as_str()).collect();
-        assert_eq!(ids, qs.iter().map(|q| q.question.as_str()).collect::<Vec<_>>());
-        assert!(mr.questions.iter().all(|q| q.error.is_none() && q.trace.is_some()));
+        assert_eq!(
+            ids,
+            qs.iter().map(|q| q.question.as_str()).collect::<Vec<_>>()
+        );
+        assert!(
+            mr.questions
+                .iter()
+                .all(|q| q.error.is_none() && q.trace.is_some())
+        );
         // Evidence exists for the first two questions only.
         let ev: Vec<bool> = mr.questions.iter().map(|q| q.evidence.is_some()).collect();
         assert_eq!(ev, vec![true, true, false]);
         assert_eq!(mr.overall.evidence_n, 2);
-        assert_eq!(mr.by_source.keys().collect::<Vec<_>>(), vec!["hotpotqa", "nq"]);
+        assert_eq!(
+            mr.by_source.keys().collect::<Vec<_>>(),
+            vec!["hotpotqa", "nq"]
+        );
         assert_eq!(mr.by_source["nq"].n, 2);
         assert_eq!(mr.overall, Summary::of(mr.questions.iter()));
     }
     // Greedy decoding: the same model gives the same answers twice.
     assert_eq!(
-        rep.models[0].questions.iter().map(|q| &q.answer).collect::<Vec<_>>(),
-        rep.models[1].questions.iter().map(|q| &q.answer).collect::<Vec<_>>()
+        rep.models[0]
+            .questions
+            .iter()
+            .map(|q| &q.answer)
+            .collect::<Vec<_>>(),
+        rep.models[1]
+            .questions
+            .iter()
+            .map(|q| &q.answer)
+            .collect::<Vec<_>>()
     );
     let table = markdown_table(&rep);
     assert_eq!(table.lines().count(), 2 + 2 * 2 + 2, "{table}");

@@ -151,7 +151,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .models
         .iter()
         .map(|p| {
-            dgpo_core::model::load(p, &opts).with_context(|| format!("loading model {}", p.display()))
+            dgpo_core::model::load(p, &opts)
+                .with_context(|| format!("loading model {}", p.display()))
         })
         .collect::<Result<_>>()?;
     let names = model_names(&args.models);
@@ -327,13 +328,18 @@ mod chart {
             .axis_desc_style((FAMILY, 15).into_font())
             .draw()
             .map_err(plot_err)?;
-        let label_style = TextStyle::from((FAMILY, 14).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
+        let label_style =
+            TextStyle::from((FAMILY, 14).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
         // Category names under the axis, centred on their bar group (drawn on the root area
         // in backend pixels: plotters' tick labels cannot be placed at group centres).
         for (i, c) in cats.iter().enumerate() {
             let (px, py) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
-            root.draw(&Text::new(c.label.clone(), (px, py + 10), label_style.clone()))
-                .map_err(plot_err)?;
+            root.draw(&Text::new(
+                c.label.clone(),
+                (px, py + 10),
+                label_style.clone(),
+            ))
+            .map_err(plot_err)?;
         }
         let bar_w = 0.8 / METRICS.len() as f64;
         for (mi, (name, get)) in METRICS.iter().enumerate() {
@@ -348,17 +354,15 @@ mod chart {
                 .draw_series(bars)
                 .map_err(plot_err)?
                 .label(*name)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 12, y + 6)], color.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 6), (x + 12, y + 6)], color.filled())
+                });
             // The value above each bar, so the chart reads without the JSON.
             chart
                 .draw_series(cats.iter().enumerate().filter_map(|(i, c)| {
                     get(c.summary).map(|v| {
                         let x0 = i as f64 + 0.1 + mi as f64 * bar_w;
-                        Text::new(
-                            format!("{v:.2}"),
-                            (x0, v + 0.06),
-                            (FAMILY, 11).into_font(),
-                        )
+                        Text::new(format!("{v:.2}"), (x0, v + 0.06), (FAMILY, 11).into_font())
                     })
                 }))
                 .map_err(plot_err)?;
@@ -398,8 +402,12 @@ mod chart {
             .map_err(plot_err)?;
         for (i, c) in cats.iter().enumerate() {
             let (px, py) = steps.backend_coord(&(i as f64 + 0.5, 0.0));
-            root.draw(&Text::new(c.label.clone(), (px, py + 10), label_style.clone()))
-                .map_err(plot_err)?;
+            root.draw(&Text::new(
+                c.label.clone(),
+                (px, py + 10),
+                label_style.clone(),
+            ))
+            .map_err(plot_err)?;
         }
         let color = Palette99::pick(4).to_rgba();
         steps

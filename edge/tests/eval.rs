@@ -83,7 +83,11 @@ fn eval_writes_json_table_and_chart_for_two_models() {
     assert_eq!(qs[0]["id"], "test_0");
     assert_eq!(qs[3]["data_source"], "hotpotqa");
     for q in qs {
-        assert!(q["trace"]["steps"].as_array().is_some_and(|s| !s.is_empty()));
+        assert!(
+            q["trace"]["steps"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty())
+        );
         for k in ["em", "cover_em", "f1"] {
             let x = q["scores"][k].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&x));
@@ -103,7 +107,12 @@ fn eval_writes_json_table_and_chart_for_two_models() {
     );
     assert_eq!(models[0]["by_source"]["nq"]["n"], 3);
     assert_eq!(models[0]["by_source"]["hotpotqa"]["n"], 1);
-    assert!(v["evidence_protocol"].as_str().unwrap().contains("our definition"));
+    assert!(
+        v["evidence_protocol"]
+            .as_str()
+            .unwrap()
+            .contains("our definition")
+    );
 
     let md = std::fs::read_to_string(out_dir.join("summary.md")).unwrap();
     assert!(md.contains("| nq | tiny-qwen2 | 3 |"), "{md}");
@@ -113,7 +122,10 @@ fn eval_writes_json_table_and_chart_for_two_models() {
     let png = std::fs::read(out_dir.join("chart.png")).unwrap();
     let (w, h) = png_size(&png);
     assert!(w >= 800 && h >= 600, "{w}x{h}");
-    assert!(png.len() > 10_000, "a chart with bars and text, not a blank image");
+    assert!(
+        png.len() > 10_000,
+        "a chart with bars and text, not a blank image"
+    );
     // No temporary files left behind.
     let names: Vec<String> = std::fs::read_dir(&out_dir)
         .unwrap()
@@ -142,7 +154,10 @@ fn eval_errors_name_the_problem() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.jsonl:2") && err.contains("golden_answers"), "{err}");
+    assert!(
+        err.contains("bad.jsonl:2") && err.contains("golden_answers"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 
     // No retriever at all.

@@ -27,6 +27,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::score::{contains_normalized, exact_match};
+use crate::Result;
 use crate::agent::{build_prompt, encode_prompt};
 use crate::corpus::Passage;
 use crate::data::Question;
@@ -35,7 +36,6 @@ use crate::model::LanguageModel;
 use crate::protocol::{self, Action};
 use crate::retrieve::Retriever;
 use crate::sampling::{Sampler, SamplingParams};
-use crate::Result;
 
 /// Where the evidence passage was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,7 +73,11 @@ pub fn find_evidence(
     depth: usize,
 ) -> Result<Option<Evidence>> {
     if depth > 0 {
-        for (i, hit) in retriever.search(&q.question, depth)?.into_iter().enumerate() {
+        for (i, hit) in retriever
+            .search(&q.question, depth)?
+            .into_iter()
+            .enumerate()
+        {
             if has_answer(&hit.passage, &q.golden_answers) {
                 return Ok(Some(Evidence {
                     passage: hit.passage,
@@ -179,7 +183,14 @@ pub fn run_forced(
         max_new_tokens,
         stop,
     };
-    let g = generate(session.as_mut(), model.tokenizer(), &ids, &mut sampler, &opts, &mut |_| {})?;
+    let g = generate(
+        session.as_mut(),
+        model.tokenizer(),
+        &ids,
+        &mut sampler,
+        &opts,
+        &mut |_| {},
+    )?;
     let text = format!("{}{}", forced.prefix(), g.text);
     let answer = match protocol::parse_action(&text) {
         Action::Answer(a) => Some(a),

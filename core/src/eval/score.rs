@@ -124,7 +124,9 @@ pub fn contains_normalized(text: &str, answer: &str) -> bool {
 /// Whether `text` contains some golden answer verbatim (case-sensitive, unnormalised): the
 /// test of Search-R1's `info_contains_answer` validation metric.
 pub fn contains_verbatim(text: &str, golden: &[String]) -> bool {
-    golden.iter().any(|g| !g.is_empty() && text.contains(g.as_str()))
+    golden
+        .iter()
+        .any(|g| !g.is_empty() && text.contains(g.as_str()))
 }
 
 #[cfg(test)]
@@ -165,8 +167,15 @@ mod tests {
         assert_eq!(exact_match("  The Albert Einstein ", &gold), 1.0);
         assert_eq!(exact_match("Albert", &gold), 0.0);
         assert_eq!(exact_match("", &gold), 0.0);
-        assert_eq!(exact_match("the", &g(&["a"])), 1.0, "both normalise to empty");
-        assert_eq!(cover_exact_match("It was Albert Einstein, 1905", &gold), 1.0);
+        assert_eq!(
+            exact_match("the", &g(&["a"])),
+            1.0,
+            "both normalise to empty"
+        );
+        assert_eq!(
+            cover_exact_match("It was Albert Einstein, 1905", &gold),
+            1.0
+        );
         assert_eq!(cover_exact_match("Newton", &gold), 0.0);
         // cover-EM is a plain substring test on normalised text (as in the reference).
         assert_eq!(cover_exact_match("einsteinium", &gold), 1.0);
@@ -179,7 +188,10 @@ mod tests {
         let v = f1("Albert Einstein, physicist", &g(&["the Albert Einstein"]));
         assert!((v - 0.8).abs() < 1e-12, "{v}");
         // Best over golden answers: "Einstein" alone gives P = 1/3, R = 1 -> 0.5 < 0.8.
-        let v = f1("Albert Einstein physicist", &g(&["Einstein", "Albert Einstein"]));
+        let v = f1(
+            "Albert Einstein physicist",
+            &g(&["Einstein", "Albert Einstein"]),
+        );
         assert!((v - 0.8).abs() < 1e-12);
         // Repeated tokens are counted with multiplicity: pred [new, new, york] vs [new, york]:
         // common 2, P = 2/3, R = 1 -> 0.8.
@@ -197,6 +209,9 @@ mod tests {
         assert!(contains_normalized("Lives in PARIS, France.", "paris"));
         assert!(!contains_normalized("A Parisian café", "Paris"));
         assert!(contains_normalized("The Nile river", "the Nile"));
-        assert!(!contains_normalized("anything", "the"), "empty after normalisation");
+        assert!(
+            !contains_normalized("anything", "the"),
+            "empty after normalisation"
+        );
     }
 }
