@@ -236,9 +236,10 @@ fn categories(report: &EvalReport) -> Vec<Category<'_>> {
     sources.sort();
     sources.dedup();
     let several = report.models.len() > 1;
+    // Two label lines (dataset, then model) so that long model names do not run together.
     let label = |src: &str, model: &str| {
         if several {
-            format!("{src}/{model}")
+            format!("{src}\n{model}")
         } else {
             src.to_string()
         }
@@ -299,6 +300,34 @@ mod chart {
         anyhow::anyhow!("drawing the chart: {e}")
     }
 
+    /// Draw a category label (one line per `\n`) under the axis point `at`, each line cut to
+    /// fit `width` pixels (monospace: about 8.4 px per character at 14 px).
+    fn draw_label(
+        root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+        label: &str,
+        at: (i32, i32),
+        width: i32,
+        style: &TextStyle<'_>,
+    ) -> Result<()> {
+        let max_chars = ((width as f64 / 8.4) as usize).max(2);
+        for (k, line) in label.lines().enumerate() {
+            let text: String = if line.chars().count() > max_chars {
+                let mut t: String = line.chars().take(max_chars - 1).collect();
+                t.push('…');
+                t
+            } else {
+                line.to_string()
+            };
+            root.draw(&Text::new(
+                text,
+                (at.0, at.1 + 8 + 16 * k as i32),
+                style.clone(),
+            ))
+            .map_err(plot_err)?;
+        }
+        Ok(())
+    }
+
     /// Render `report` into the PNG file `path`.
     pub fn render(report: &EvalReport, path: &Path) -> Result<()> {
         register()?;
@@ -315,7 +344,7 @@ mod chart {
                 (FAMILY, 22).into_font(),
             )
             .margin(12)
-            .x_label_area_size(40)
+            .x_label_area_size(46)
             .y_label_area_size(56)
             .build_cartesian_2d(0f64..n as f64, 0f64..1.45f64)
             .map_err(plot_err)?;
@@ -334,12 +363,14 @@ mod chart {
         // in backend pixels: plotters' tick labels cannot be placed at group centres).
         for (i, c) in cats.iter().enumerate() {
             let (px, py) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
-            root.draw(&Text::new(
-                c.label.clone(),
-                (px, py + 10),
-                label_style.clone(),
-            ))
-            .map_err(plot_err)?;
+            let (x1, _) = chart.backend_coord(&(i as f64 + 1.0, 0.0));
+            draw_label(
+                &root,
+                &c.label,
+                (px, py),
+                (2 * (x1 - px)).max(16),
+                &label_style,
+            )?;
         }
         let bar_w = 0.8 / METRICS.len() as f64;
         for (mi, (name, get)) in METRICS.iter().enumerate() {
@@ -387,7 +418,7 @@ mod chart {
                 (FAMILY, 18).into_font(),
             )
             .margin(12)
-            .x_label_area_size(40)
+            .x_label_area_size(46)
             .y_label_area_size(56)
             .build_cartesian_2d(0f64..n as f64, 0f64..y_top)
             .map_err(plot_err)?;
@@ -402,12 +433,14 @@ mod chart {
             .map_err(plot_err)?;
         for (i, c) in cats.iter().enumerate() {
             let (px, py) = steps.backend_coord(&(i as f64 + 0.5, 0.0));
-            root.draw(&Text::new(
-                c.label.clone(),
-                (px, py + 10),
-                label_style.clone(),
-            ))
-            .map_err(plot_err)?;
+            let (x1, _) = steps.backend_coord(&(i as f64 + 1.0, 0.0));
+            draw_label(
+                &root,
+                &c.label,
+                (px, py),
+                (2 * (x1 - px)).max(16),
+                &label_style,
+            )?;
         }
         let color = Palette99::pick(4).to_rgba();
         steps
