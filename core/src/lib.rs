@@ -11,8 +11,10 @@
 pub mod agent;
 pub mod chat;
 pub mod corpus;
+pub mod data;
 pub mod embed;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod index;
 #[cfg(feature = "llama")]

@@ -4,8 +4,9 @@
 //! serve commands.
 
 mod ask;
-mod serve;
+mod eval;
 mod index;
+mod serve;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -26,6 +27,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Build, import, inspect and search disk indexes.
     Index(index::IndexArgs),
+    /// Evaluate models on a QA dataset: EM/F1 and ARCap, as JSON, a table and a chart.
+    Eval(eval::EvalArgs),
 }
 
 fn init_tracing() {
@@ -44,5 +47,6 @@ fn main() -> Result<()> {
         Command::Ask(args) => ask::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Index(args) => index::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }
