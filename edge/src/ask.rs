@@ -2,12 +2,13 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use dgpo_core::agent::{Agent, AgentConfig, AgentEvent};
 use dgpo_core::model::{BackendKind, LoadOptions};
-use dgpo_core::retrieve::{MemoryRetriever, Retriever};
+use dgpo_core::retrieve::{Retriever, RetrieverSpec};
 use dgpo_core::sampling::SamplingParams;
 use dgpo_core::trace::StepAction;
 
@@ -61,24 +62,26 @@ pub struct AskArgs {
     pub question: String,
 }
 
-/// Open the retriever named on the command line: a disk index, or a corpus searched in memory.
+/// Open the retriever named on the command line (a disk index, or a corpus searched in memory)
+/// through core's one factory, so `ask` opens retrievers exactly as `serve`, `eval` and libdgpo do.
 pub fn open_retriever(
     corpus: Option<&PathBuf>,
     index: Option<&PathBuf>,
-) -> Result<Box<dyn Retriever>> {
-    if let Some(dir) = index {
-        return Ok(Box::new(
-            dgpo_core::index::Index::open(dir)
-                .with_context(|| format!("opening index {}", dir.display()))?,
-        ));
-    }
-    match corpus {
-        Some(p) => Ok(Box::new(
-            MemoryRetriever::from_jsonl(p)
-                .with_context(|| format!("loading corpus {}", p.display()))?,
-        )),
-        None => bail!("no corpus given: pass --corpus corpus.jsonl or --index DIR"),
-    }
+) -> Result<Arc<dyn Retriever>> {
+    let spec = match (index, corpus) {
+        (Some(dir), _) => RetrieverSpec::Index {
+            dir: dir.clone(),
+            embedder: None,
+        },
+        (None, Some(p)) => RetrieverSpec::Corpus(p.clone()),
+        (None, None) => bail!("no corpus given: pass --corpus corpus.jsonl or --index DIR"),
+    };
+    let what = match &spec {
+        RetrieverSpec::Index { dir, .. } => format!("opening index {}", dir.display()),
+        RetrieverSpec::Corpus(p) => format!("loading corpus {}", p.display()),
+        RetrieverSpec::Remote(url) => format!("connecting to {url}"),
+    };
+    dgpo_core::retrieve::open(&spec).context(what)
 }
 
 /// Run `edge ask`.
