@@ -4,9 +4,13 @@
 //! status codes, threads work as documented, valgrind finds no leaks or invalid accesses, and
 //! the pkg-config install works.
 //!
-//! The tests build the shared library themselves (`cargo build -p dgpo-ffi` in the same target
-//! directory and profile as this test), because cargo does not build a cdylib for a crate's
-//! integration tests.
+//! The shared library under test is the `libdgpo.so` that cargo wrote into `target/<profile>/deps/`
+//! while building this test: cargo compiles the library target once with all its crate types
+//! (cdylib, staticlib, rlib), so it is the same compilation this test binary links. It is copied
+//! to a private folder first, because `deps/` also holds an unrelated `libdgpo.rlib` (the root
+//! package's). When it is absent (or `DGPO_FFI_REBUILD=1`), the test builds it with
+//! `cargo build -p dgpo-ffi`; that rebuilds every dependency under ffi's own feature set, which
+//! costs minutes, hence the copy.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -39,6 +43,23 @@ fn lib_dir() -> &'static Path {
         let dir = profile_dir();
         let target_dir = dir.parent().unwrap();
         let profile = dir.file_name().unwrap().to_str().unwrap();
+        let built = dir.join("deps").join("libdgpo.so");
+        if built.is_file() && std::env::var_os("DGPO_FFI_REBUILD").is_none() {
+            let own = target_dir.join("c-api-lib").join(profile);
+            std::fs::create_dir_all(&own).expect("create the c-api-lib folder");
+            // The shared and the static library (ffi/install.sh installs both). Link (or copy)
+            // to a temporary name and rename: parallel test processes may race here.
+            for name in ["libdgpo.so", "libdgpo.a"] {
+                let from = dir.join("deps").join(name);
+                let tmp = own.join(format!("{name}.{}", std::process::id()));
+                let _ = std::fs::remove_file(&tmp);
+                if std::fs::hard_link(&from, &tmp).is_err() {
+                    std::fs::copy(&from, &tmp).unwrap_or_else(|e| panic!("copy {from:?}: {e}"));
+                }
+                std::fs::rename(&tmp, own.join(name)).expect("rename into c-api-lib");
+            }
+            return own;
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "-p", "dgpo-ffi", "--target-dir"])
