@@ -298,7 +298,7 @@ fn live_policy_generates_with_the_current_weights() {
         sess.feed_all(&ids).unwrap()
     };
     let train_logits = |m: &TrainModel| -> Vec<Vec<f32>> {
-        let b = Batch::new(&[ids.clone()], None, 0, &Device::Cpu).unwrap();
+        let b = Batch::new(std::slice::from_ref(&ids), None, 0, &Device::Cpu).unwrap();
         m.logits(&b).unwrap().squeeze(0).unwrap().to_vec2().unwrap()
     };
     let before = feed(&policy);
@@ -398,6 +398,7 @@ fn dgpo_resume_replays_the_uninterrupted_run() {
         t0.elapsed().as_secs_f64(),
         t0.elapsed().as_secs_f64() / 3.0
     );
+    eprintln!("last step: {:?}", ma[2]);
     assert_eq!(ma.len(), 3);
     assert_ne!(weights(&a), init, "training changed nothing");
     for m in &ma {
@@ -501,6 +502,28 @@ fn ppo_and_grpo_run_on_the_same_code() {
             "{algo}"
         );
     }
+    // DGPO with the full-vocabulary forward KL as the penalty: a true KL, so ≥ 0 per token,
+    // and > 0 against a different teacher.
+    let dir = tempfile::tempdir().unwrap();
+    let s = tiny(&w, 11);
+    let teacher = tiny(&w, 12);
+    let cfg = RlConfig {
+        steps: 1,
+        full_kl: true,
+        ..small_cfg(Algo::Dgpo)
+    };
+    let m = train_rl(
+        &s,
+        Some(&teacher),
+        &w.questions,
+        &w.retriever,
+        &cfg,
+        dir.path(),
+        false,
+    )
+    .unwrap();
+    let kl = m[0].kl.unwrap();
+    assert!(kl > 1e-4, "{kl}");
     // DGPO without a teacher is refused.
     let dir = tempfile::tempdir().unwrap();
     let s = tiny(&w, 11);

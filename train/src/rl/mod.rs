@@ -57,7 +57,7 @@ use crate::checkpoint::{
 };
 use crate::data::QaRow;
 use crate::loss::{masked_mean, scalar};
-use crate::model::{Batch, ModelOptions, TrainModel};
+use crate::model::{Batch, ModelOptions, TrainModel, token_logprobs};
 use crate::optim::{AdamW, AdamWConfig, Decay, Schedule};
 
 use self::algo::{
@@ -173,6 +173,10 @@ pub struct RlConfig {
     pub keep_last: usize,
     /// Threads running rollouts in parallel (0: one per available core).
     pub rollout_threads: usize,
+    /// Measure the KL penalty as the full-vocabulary forward KL(π_ref ‖ π_s) at each generated
+    /// position (the project page's formula) instead of the sampled-token estimate
+    /// `log π_s(y) − log π_ref(y)` that the authors' code uses (false).
+    pub full_kl: bool,
     /// Padding id of the training batches (any id: padding is masked out of attention).
     pub pad_id: u32,
 }
@@ -210,6 +214,7 @@ impl Default for RlConfig {
             save_every: 50,
             keep_last: 3,
             rollout_threads: 0,
+            full_kl: false,
             pad_id: 0,
         }
     }
@@ -288,8 +293,9 @@ pub struct RlMetrics {
     pub success_rate: f64,
     /// Fraction of rollouts that gave an answer at all.
     pub answered: f64,
-    /// Mean sampled-token KL estimate `log π_s − log π_ref` over all generated tokens (the
-    /// teacher for DGPO); None without a reference.
+    /// Mean KL to the reference over all generated tokens (the teacher for DGPO): the
+    /// sampled-token estimate `log π_s − log π_ref`, or the full forward KL with `full_kl`;
+    /// None without a reference.
     pub kl: Option<f64>,
     /// The same mean over the tokens that were penalised (DGPO: failed rollouts only).
     pub kl_penalised: Option<f64>,
@@ -413,6 +419,8 @@ struct Prepared {
     mask: Vec<f32>,
     old_logp: Vec<f32>,
     ref_logp: Option<Vec<f32>>,
+    /// Full-vocabulary forward KL to the reference per position (with `full_kl`).
+    full_kl: Option<Vec<f32>>,
     values: Option<Vec<f32>>,
     adv: Vec<f32>,
     ret: Vec<f32>,
@@ -421,7 +429,7 @@ struct Prepared {
 enum Reference<'a> {
     None,
     Borrowed(&'a TrainModel),
-    Owned(TrainModel),
+    Owned(Box<TrainModel>),
 }
 
 impl Reference<'_> {
@@ -460,6 +468,8 @@ fn opt_mean(xs: &[f64], on: bool) -> Option<f64> {
 
 struct Run<'a> {
     student: &'a TrainModel,
+    /// Generates with the student's live weights (built once: see [`live_policy`]).
+    policy: dgpo_core::model::CandleModel,
     reference: Reference<'a>,
     critic: Option<TrainModel>,
     actor_opt: AdamW,
@@ -512,6 +522,7 @@ impl Run<'_> {
                     mask,
                     old_logp: Vec::new(),
                     ref_logp: None,
+                    full_kl: None,
                     values: None,
                     adv: Vec::new(),
                     ret: Vec::new(),
@@ -537,11 +548,17 @@ impl Run<'_> {
             let items: Vec<&Prepared> = out[start..end].iter().collect();
             let batch = self.batch(&items)?;
             let lens: Vec<usize> = batch.lens.iter().map(|n| n - 1).collect();
-            let old = rows(&self.student.token_logprobs(&batch)?.detach(), &lens)?;
-            let refs = match self.reference.get() {
-                Some(m) => Some(rows(&m.token_logprobs(&batch)?.detach(), &lens)?),
-                None => None,
-            };
+            let s_logits = self.student.logits(&batch)?.detach();
+            let old = rows(&token_logprobs(&s_logits, &batch.ids)?, &lens)?;
+            let (mut refs, mut fkl) = (None, None);
+            if let Some(m) = self.reference.get() {
+                let r_logits = m.logits(&batch)?.detach();
+                refs = Some(rows(&token_logprobs(&r_logits, &batch.ids)?, &lens)?);
+                if self.cfg.full_kl {
+                    let k = crate::loss::forward_kl_per_token(&r_logits, &s_logits)?;
+                    fkl = Some(rows(&k, &lens)?);
+                }
+            }
             let vals = match &self.critic {
                 Some(c) => {
                     let v = c.values(&c.hidden(&batch)?)?.detach();
@@ -553,6 +570,7 @@ impl Run<'_> {
             for (k, p) in out[start..end].iter_mut().enumerate() {
                 p.old_logp = old[k].clone();
                 p.ref_logp = refs.as_ref().map(|r| r[k].clone());
+                p.full_kl = fkl.as_ref().map(|r| r[k].clone());
                 p.values = vals.as_ref().map(|r| r[k].clone());
             }
         }
@@ -570,20 +588,18 @@ impl Run<'_> {
                 jobs.push((qi, k, mix(cfg.seed, step as u64, (k * g + j) as u64)));
             }
         }
-        // The policy model is rebuilt per step only to read the tokenizer files once more; its
-        // weights are views of the student's, so this copies no tensor.
-        let init_dir = self.exp.join("init-policy");
-        let policy = live_policy(self.student, &init_dir)?;
-        let agent = cfg.agent(dgpo_core::model::LanguageModel::chat_template(&policy).is_some());
+        // The policy's weights are views of the student's: it generates with this step's
+        // weights without any copy.
+        let agent =
+            cfg.agent(dgpo_core::model::LanguageModel::chat_template(&self.policy).is_some());
         let samples = run_rollouts(
-            &policy,
+            &self.policy,
             self.retriever,
             self.questions,
             &jobs,
             &agent,
             self.threads,
         )?;
-        drop(policy);
         let rollout_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
 
@@ -595,9 +611,10 @@ impl Run<'_> {
         match cfg.algo {
             Algo::Dgpo | Algo::Ppo => {
                 for (p, &s) in prep.iter_mut().zip(&scores) {
-                    let kl: Vec<f32> = match &p.ref_logp {
-                        Some(r) => p.old_logp.iter().zip(r).map(|(a, b)| a - b).collect(),
-                        None => vec![0.0; p.mask.len()],
+                    let kl: Vec<f32> = match (&p.full_kl, &p.ref_logp) {
+                        (Some(f), _) => f.clone(),
+                        (None, Some(r)) => p.old_logp.iter().zip(r).map(|(a, b)| a - b).collect(),
+                        (None, None) => vec![0.0; p.mask.len()],
                     };
                     let pen = p.ref_logp.is_some() && kl_applies(cfg.algo, cfg.selective, s);
                     penalised += usize::from(pen);
@@ -676,7 +693,7 @@ impl Run<'_> {
                     let dev = self.student.device();
                     let logits = self.student.logits(&batch)?;
                     let t = logits.dim(1)?;
-                    let logp = crate::model::token_logprobs(&logits, &batch.ids)?;
+                    let logp = token_logprobs(&logits, &batch.ids)?;
                     let dt = logp.dtype();
                     let w = t - 1;
                     let col = |f: &dyn Fn(&Prepared) -> &[f32]| -> Result<Tensor> {
@@ -932,7 +949,7 @@ pub fn train_rl(
     let reference = match (cfg.algo, teacher) {
         (Algo::Dgpo, Some(t)) => Reference::Borrowed(t),
         (Algo::Grpo, _) if cfg.kl_coef == 0.0 => Reference::None,
-        _ => Reference::Owned(load(false)?),
+        _ => Reference::Owned(Box::new(load(false)?)),
     };
     let actor_opt = AdamW::new(student.named_vars(), AdamWConfig::default())?;
     let critic_opt = match &critic {
@@ -946,6 +963,7 @@ pub fn train_rl(
     };
     let mut run = Run {
         student,
+        policy: live_policy(student, &init_dir)?,
         reference,
         critic,
         actor_opt,
