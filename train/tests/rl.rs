@@ -468,6 +468,21 @@ fn dgpo_resume_replays_the_uninterrupted_run() {
     ] {
         assert!(b_dir.path().join(d).exists(), "{d} missing");
     }
+    // Actor checkpoints without their critic cannot be resumed: a clear error, no fresh start
+    // over the old run.
+    std::fs::remove_dir_all(b_dir.path().join("critic")).unwrap();
+    let e = train_rl(
+        &b2,
+        Some(&teacher),
+        &w.questions,
+        &w.retriever,
+        &cfg,
+        b_dir.path(),
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no complete RL checkpoint"), "{e}");
 }
 
 #[test]
@@ -539,4 +554,43 @@ fn ppo_and_grpo_run_on_the_same_code() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("teacher"), "{e}");
+}
+
+/// Seconds per RL step on a tiny model with short agent turns (run with `--ignored
+/// --nocapture`; a measurement, not a check).
+#[test]
+#[ignore]
+fn rl_step_timing() {
+    let w = world();
+    let teacher = tiny(&w, 99);
+    let s = tiny(&w, 7);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RlConfig {
+        steps: 4,
+        questions_per_step: 8,
+        ppo_epochs: 1,
+        mini_batch: 8,
+        micro_batch: 4,
+        max_turns: 2,
+        max_turn_tokens: 32,
+        max_obs_tokens: 64,
+        save_every: 0,
+        ..small_cfg(Algo::Dgpo)
+    };
+    let m = train_rl(
+        &s,
+        Some(&teacher),
+        &w.questions,
+        &w.retriever,
+        &cfg,
+        dir.path(),
+        false,
+    )
+    .unwrap();
+    for x in &m {
+        eprintln!(
+            "step {}: {:.3} s (rollouts {:.3} s, {:.1} generated + {:.1} observation tokens each; scoring and update {:.3} s)",
+            x.step, x.step_s, x.rollout_s, x.response_len, x.observation_len, x.update_s
+        );
+    }
 }

@@ -987,10 +987,14 @@ pub fn train_rl(
         threads,
         order: None,
     };
-    let start = if resume {
-        run.resume()?.unwrap_or(0)
-    } else {
-        0
+    let start = match (resume, existing.last()) {
+        (true, Some((newest, _))) => run.resume()?.ok_or_else(|| {
+            Error::invalid(format!(
+                "{}: no complete RL checkpoint to resume from (the newest actor checkpoint, step {newest}, has no critic checkpoint beside it)",
+                exp_dir.display()
+            ))
+        })?,
+        _ => 0,
     };
     let log = exp_dir.join(METRICS_FILE);
     if start == 0 && log.exists() {
