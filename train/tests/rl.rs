@@ -557,7 +557,8 @@ fn ppo_and_grpo_run_on_the_same_code() {
 }
 
 /// Seconds per RL step on a tiny model with short agent turns (run with `--ignored
-/// --nocapture`; a measurement, not a check).
+/// --nocapture`, and compare `CANDLE_NUM_THREADS=1` with the default; a measurement, not a
+/// check).
 #[test]
 #[ignore]
 fn rl_step_timing() {

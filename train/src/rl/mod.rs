@@ -32,6 +32,14 @@
 //! ```
 //! A resumed run continues from the newest step that has both checkpoints and replays the
 //! uninterrupted run exactly: question order and sampling seeds are functions of (seed, step).
+//!
+//! Speed on small CPUs: candle runs every op on its own spinning thread pool, sized by
+//! `CANDLE_NUM_THREADS` (else `RAYON_NUM_THREADS`, else the physical cores). For tiny models the
+//! ops are too small to split and the spinning competes with everything else: on a busy 2-core
+//! machine an RL step of 8 rollouts of a 1-layer model took 0.30 s with `CANDLE_NUM_THREADS=1`
+//! against 1.0–1.3 s with 2 (see the ignored test `rl_step_timing`). Rollouts are parallel
+//! across questions instead ([`RlConfig::rollout_threads`]); results do not depend on either
+//! setting.
 
 pub mod algo;
 pub mod rollout;
