@@ -4,6 +4,7 @@
 //! world with a bit-exact resume.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use dgpo_core::agent::AgentConfig;
@@ -674,4 +675,35 @@ fn dgpo_penalty_keeps_failed_students_near_the_teacher() {
         a1 < 0.5 * a0,
         "the penalty did not hold the student near the teacher"
     );
+}
+
+/// An HF folder student with a chat template (the Qwen2 fixture): the policy wraps prompts in
+/// the template, ends turns on the folder's end-of-generation ids, and a PPO step runs.
+#[test]
+fn hf_folder_student_with_a_chat_template() {
+    let w = world();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-qwen2");
+    let s = TrainModel::load(&fixture, &ModelOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RlConfig {
+        steps: 1,
+        ..small_cfg(Algo::Ppo)
+    };
+    let m = train_rl(
+        &s,
+        None,
+        &w.questions,
+        &w.retriever,
+        &cfg,
+        dir.path(),
+        false,
+    )
+    .unwrap();
+    assert_eq!(m.len(), 1);
+    assert!(m[0].response_len > 0.0 && m[0].policy_loss.is_finite());
+    let policy = live_policy(&s, &dir.path().join("init-policy")).unwrap();
+    assert!(policy.chat_template().is_some());
+    let prompt = dgpo_core::agent::build_prompt(&policy, "Who?", true).unwrap();
+    assert!(prompt.starts_with("<|im_start|>"), "{prompt}");
+    assert!(!policy.tokenizer().eos_ids().is_empty());
 }
