@@ -12,6 +12,7 @@ pub mod model;
 pub mod optim;
 pub mod phases;
 pub mod plot;
+pub mod rl;
 pub mod synth;
 pub mod trainer;
 

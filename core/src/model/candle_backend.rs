@@ -45,6 +45,14 @@ impl CandleModel {
     pub fn from_hf_folder(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let device = Device::Cpu;
         let decoder = super::hf::load_decoder(dir, DType::F32, &device, Ops::Fused)?;
+        Self::with_decoder(dir, decoder, opts)
+    }
+
+    /// The tokenizer, end-of-generation ids and chat template of the HF folder `dir` over an
+    /// already built `decoder` (its weights are not read from `dir`). Training uses this to
+    /// generate with the policy's current weights: a decoder over views of the trained
+    /// tensors sees every optimiser update without a copy or a reload.
+    pub fn with_decoder(dir: &Path, decoder: Decoder, opts: &LoadOptions) -> Result<Self> {
         let tok_path = opts
             .tokenizer
             .clone()
