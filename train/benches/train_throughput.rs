@@ -110,7 +110,13 @@ fn main() {
     let p = PresetConfig::default();
     for (name, spec) in [("tiny", p.tiny), ("tiny-teacher", p.teacher)] {
         bench(name, spec.shape.decoder(1024), 8, 128, 10);
-        bench(&format!("{name} (seq 384)"), spec.shape.decoder(1024), 4, 384, 5);
+        bench(
+            &format!("{name} (seq 384)"),
+            spec.shape.decoder(1024),
+            4,
+            384,
+            5,
+        );
     }
     if std::env::var("BENCH_QWEN").as_deref() != Ok("0") {
         let qwen = DecoderConfig {

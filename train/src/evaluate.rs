@@ -128,7 +128,10 @@ pub fn write_report(report: &EvalReport, out: &Path) -> Result<String> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let table = markdown_table(report);
     let json = serde_json::to_string_pretty(report).expect("reports serialise");
-    for (name, body) in [("results.json", json.as_str()), ("summary.md", table.as_str())] {
+    for (name, body) in [
+        ("results.json", json.as_str()),
+        ("summary.md", table.as_str()),
+    ] {
         let p = out.join(name);
         let tmp = out.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, body).map_err(|e| Error::io(&tmp, e))?;

@@ -350,7 +350,10 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
                 let t1 = std::time::Instant::now();
                 let models = vec![
                     (format!("{student} (before KD)"), student_dir.clone()),
-                    (format!("{student} after KD ({})", cli.kd_source), out.final_dir),
+                    (
+                        format!("{student} after KD ({})", cli.kd_source),
+                        out.final_dir,
+                    ),
                     (format!("{teacher} (teacher)"), teacher_path),
                 ];
                 let opts = EvalOptions {

@@ -80,7 +80,14 @@ pub fn collect_correct(
             teacher.info().vocab_size
         )));
     }
-    let out = generate(teacher, retriever, questions, cfg, true, default_concurrency())?;
+    let out = generate(
+        teacher,
+        retriever,
+        questions,
+        cfg,
+        true,
+        default_concurrency(),
+    )?;
     tracing::info!(
         kept = out.examples.len(),
         tried = out.tried,
@@ -107,8 +114,9 @@ pub fn generate(
 ) -> Result<Collected> {
     let agent = Agent::new(model, retriever, cfg.clone());
     let next = AtomicUsize::new(0);
-    let slots: Mutex<Vec<Option<Result<(bool, Rollout)>>>> =
-        Mutex::new((0..questions.len()).map(|_| None).collect());
+    // Per question: (answered correctly, rollout), filled by whichever worker ran it.
+    type Slot = Option<Result<(bool, Rollout)>>;
+    let slots: Mutex<Vec<Slot>> = Mutex::new((0..questions.len()).map(|_| None).collect());
     let bar = indicatif::ProgressBar::new(questions.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -126,13 +134,15 @@ pub fn generate(
                     let mut c = agent.config().clone();
                     c.sampling.seed = c.sampling.seed.wrapping_add(i as u64);
                     let a = Agent::new(model, retriever, c);
-                    let r = a.run_with(&q.question, &mut |_| {}, &|| false).map(|(t, r)| {
-                        let ok = t
-                            .answer
-                            .as_deref()
-                            .is_some_and(|a| exact_match(a, &q.golden_answers));
-                        (ok, r)
-                    });
+                    let r = a
+                        .run_with(&q.question, &mut |_| {}, &|| false)
+                        .map(|(t, r)| {
+                            let ok = t
+                                .answer
+                                .as_deref()
+                                .is_some_and(|a| exact_match(a, &q.golden_answers));
+                            (ok, r)
+                        });
                     slots.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
                     bar.inc(1);
                 }
@@ -224,7 +234,10 @@ impl DataSet {
     /// Questions of the training split (rows without golden answers are refused with their line).
     pub fn train_questions(&self) -> Result<Vec<QaRow>> {
         let p = self.train.as_ref().ok_or_else(|| {
-            Error::format(&self.dir, "no train.parquet or train.jsonl in the dataset folder")
+            Error::format(
+                &self.dir,
+                "no train.parquet or train.jsonl in the dataset folder",
+            )
         })?;
         load_questions(p)
     }
@@ -259,7 +272,9 @@ impl std::str::FromStr for KdSource {
         match s.to_ascii_lowercase().as_str() {
             "tgo" => Ok(KdSource::Tgo),
             "sgo" => Ok(KdSource::Sgo),
-            o => Err(Error::invalid(format!("unknown KD source {o:?} (tgo, sgo)"))),
+            o => Err(Error::invalid(format!(
+                "unknown KD source {o:?} (tgo, sgo)"
+            ))),
         }
     }
 }
@@ -334,7 +349,15 @@ pub fn run_sft(
         clear_checkpoints(exp)?;
     }
     let s = TrainModel::load(student, &ModelOptions::default())?;
-    let ms = train_until(&s, None, examples, cfg, exp, resume, cfg.schedule.total_steps)?;
+    let ms = train_until(
+        &s,
+        None,
+        examples,
+        cfg,
+        exp,
+        resume,
+        cfg.schedule.total_steps,
+    )?;
     let fin = exp.join("final");
     s.save(&fin)?;
     Ok((fin, ms))
@@ -543,8 +566,7 @@ pub fn run_kd_models(
                             top_p: 1.0,
                             seed: tc.seed.wrapping_add(round as u64).wrapping_mul(1_000_003),
                         },
-                        chat_template: cfg.agent.chat_template
-                            && policy.chat_template().is_some(),
+                        chat_template: cfg.agent.chat_template && policy.chat_template().is_some(),
                         ..cfg.agent.clone()
                     };
                     let c = generate(

@@ -254,7 +254,9 @@ pub fn pretrain_examples(
     seed: u64,
 ) -> Result<Vec<Example>> {
     if seq_len < 2 {
-        return Err(Error::invalid("pretraining sequences need at least 2 tokens"));
+        return Err(Error::invalid(
+            "pretraining sequences need at least 2 tokens",
+        ));
     }
     let corpus = data_dir.join("corpus.jsonl");
     let mut texts: Vec<String> = dgpo_core::corpus::load_jsonl(&corpus)?

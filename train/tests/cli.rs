@@ -234,7 +234,14 @@ fn kd_cmd(root: &Path, data: &Path, exp: &str, presets: &Path) -> Command {
     c.arg(data)
         .args(["tiny", "tiny-teacher", exp])
         .args(["--phase", "kd", "--steps", "4", "--micro-batch", "2"])
-        .args(["--lr", "1e-3", "--save-every", "2", "--max-turn-tokens", "48"])
+        .args([
+            "--lr",
+            "1e-3",
+            "--save-every",
+            "2",
+            "--max-turn-tokens",
+            "48",
+        ])
         .args(["--concurrency", "2"])
         .env("EXP_ROOT", root.join("exp"))
         .env("TRAIN_PRESETS", presets)
@@ -253,7 +260,14 @@ fn kd_sgo_end_to_end_builds_presets_and_evaluates() {
     let presets = tmp.path().join("presets.json");
     std::fs::write(&presets, serde_json::to_string(&small_presets(2)).unwrap()).unwrap();
     let out = kd_cmd(tmp.path(), &data, "sgo", &presets)
-        .args(["--kd-source", "sgo", "--sgo-rounds", "2", "--max-questions", "5"])
+        .args([
+            "--kd-source",
+            "sgo",
+            "--sgo-rounds",
+            "2",
+            "--max-questions",
+            "5",
+        ])
         .args(["--eval-limit", "2"])
         .output()
         .unwrap();
@@ -279,9 +293,15 @@ fn kd_sgo_end_to_end_builds_presets_and_evaluates() {
         assert!(rs.iter().all(|r| r.response_mask.contains(&1)));
     }
     let m = std::fs::read_to_string(exp.join("metrics.jsonl")).unwrap();
-    let ms: Vec<serde_json::Value> = m.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ms: Vec<serde_json::Value> = m
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(ms.len(), 4);
-    assert!(ms.iter().all(|m| m["kl"].as_f64().is_some_and(|k| k >= 0.0)));
+    assert!(
+        ms.iter()
+            .all(|m| m["kl"].as_f64().is_some_and(|k| k >= 0.0))
+    );
     assert!(exp.join("final/config.json").exists());
     // Rounds differ: the student's weights and the sampling seed change between them.
     assert_ne!(
@@ -379,5 +399,8 @@ fn dataset_row_without_answers_names_its_line() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("train.jsonl:2"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("train.jsonl:2"),
+        "{err}"
+    );
 }

@@ -562,7 +562,9 @@ fn kd_tgo_keeps_correct_teacher_trajectories_and_lowers_kl() {
 /// change; names resolve, unknown ones are refused with what was tried.
 #[test]
 fn presets_build_once_and_resolve() {
-    use train::presets::{PresetConfig, PresetSpec, Shape, Stage, build_preset, resolve_model_with};
+    use train::presets::{
+        PresetConfig, PresetSpec, Shape, Stage, build_preset, resolve_model_with,
+    };
     let tmp = tempfile::tempdir().unwrap();
     let p = tiny_prepared(&tmp.path().join("synth"));
     let stage = |steps| Stage {
@@ -594,7 +596,12 @@ fn presets_build_once_and_resolve() {
     let log = roots.join("presets/synth/.work/tiny/pretrain/metrics.jsonl");
     let ms = train::checkpoint::MetricsLog::read(&log).unwrap();
     assert_eq!(ms.len(), 8);
-    assert!(ms[7].loss < ms[0].loss - 0.3, "{} -> {}", ms[0].loss, ms[7].loss);
+    assert!(
+        ms[7].loss < ms[0].loss - 0.3,
+        "{} -> {}",
+        ms[0].loss,
+        ms[7].loss
+    );
     // The preset loads in core as an inference model with the synth tokenizer's vocabulary.
     let m = dgpo_core::model::load(&dir, &Default::default()).unwrap();
     assert_eq!(m.info().vocab_size, 400.min(m.tokenizer().vocab_size()));
@@ -622,5 +629,8 @@ fn presets_build_once_and_resolve() {
     let e = resolve_model_with("no-such/model-here", &p.dir, &roots, &cfg)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("tiny-teacher") && e.contains("Hugging Face"), "{e}");
+    assert!(
+        e.contains("tiny-teacher") && e.contains("Hugging Face"),
+        "{e}"
+    );
 }

@@ -145,7 +145,9 @@ impl Session for OracleSession<'_> {
                 .scripts
                 .iter()
                 .position(|(q, _)| prompt.contains(q.as_str()))
-                .ok_or_else(|| Error::invalid("the oracle knows none of the questions in this prompt"))?;
+                .ok_or_else(|| {
+                    Error::invalid("the oracle knows none of the questions in this prompt")
+                })?;
         }
         if tokens.len() > 1 || !self.started {
             if self.started {
