@@ -3,7 +3,10 @@
 //! weights: speed does not depend on weight values).
 //!
 //! `cargo bench -p train --bench train_throughput` prints both; `BENCH_QWEN=0` skips the 0.5B
-//! step (it needs about 10 GB of memory: f32 weights, gradients and two AdamW moments).
+//! step (it needs about 10 GB of memory: f32 weights, gradients and two AdamW moments),
+//! `BENCH_PRESETS=0` the presets, `BENCH_QWEN_STEPS=N` times N 0.5B updates (default 1).
+//! Run it on an otherwise idle machine: with a busy core, every rayon-parallel op waits for
+//! the descheduled thread and the numbers drop several-fold.
 //! `scripts/bench_train_torch.py` times the same 0.5B step in PyTorch, for a comparison on a
 //! machine that has torch (it is not installed here).
 
@@ -37,7 +40,7 @@ fn examples(n: usize, len: usize, vocab: u32) -> Vec<Example> {
 }
 
 /// Median seconds of `steps` updates (after one warm-up update) and of forward+backward alone.
-fn bench(name: &str, dc: DecoderConfig, batch: usize, seq: usize, steps: usize) {
+fn bench(name: &str, dc: DecoderConfig, batch: usize, seq: usize, steps: usize, warmup: bool) {
     let t0 = Instant::now();
     let m = TrainModel::new_random(
         dc.clone(),
@@ -70,7 +73,9 @@ fn bench(name: &str, dc: DecoderConfig, batch: usize, seq: usize, steps: usize) 
         keep_last: 1,
     };
     let mut tr = Trainer::new(&m, None, &data, cfg, tmp.path(), 0).expect("trainer");
-    tr.train_step().expect("warm-up step");
+    if warmup {
+        tr.train_step().expect("warm-up step");
+    }
     let mut full = Vec::new();
     for _ in 0..steps {
         let t = Instant::now();
@@ -108,7 +113,11 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     let p = PresetConfig::default();
-    for (name, spec) in [("tiny", p.tiny), ("tiny-teacher", p.teacher)] {
+    let presets = std::env::var("BENCH_PRESETS").as_deref() != Ok("0");
+    for (name, spec) in [("tiny", p.tiny), ("tiny-teacher", p.teacher)]
+        .into_iter()
+        .filter(|_| presets)
+    {
         bench(name, spec.shape.decoder(1024), 8, 128, 10);
         bench(
             &format!("{name} (seq 384)"),
@@ -136,6 +145,12 @@ fn main() {
             rope_style: RopeStyle::Half,
             rope_scaling: None,
         };
-        bench("Qwen2.5-0.5B shape", qwen, 1, 512, 3);
+        // One update and one forward+backward, no warm-up: each takes tens of seconds on two
+        // cores, so allocation effects are negligible.
+        let steps = std::env::var("BENCH_QWEN_STEPS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1);
+        bench("Qwen2.5-0.5B shape", qwen, 1, 512, steps, false);
     }
 }
