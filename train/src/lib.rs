@@ -7,11 +7,13 @@
 #![warn(missing_docs)]
 pub mod checkpoint;
 pub mod data;
+pub mod evaluate;
 pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod phases;
 pub mod plot;
+pub mod presets;
 pub mod rl;
 pub mod synth;
 pub mod trainer;

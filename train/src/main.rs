@@ -1,15 +1,23 @@
 //! `train`: cold-start knowledge distillation, then DGPO, for compact search agents.
 //!
-//! Usage: `train <data> <student> <teacher> <exp> [--phase sft|kd]` (the RL phase is not built
-//! yet), and
-//! `train export <checkpoint> --out model.gguf [--quant f16|q8_0|q4_k_m]`. This is a thin layer
-//! over the `train` library.
+//! Usage: `train <data> <student> <teacher> <exp> [--phase sft|kd] [--kd-source tgo|sgo]`
+//! (the RL phase is in `train::rl`), `train preset <name> <data>`,
+//! `train eval <data> <model>...` and
+//! `train export <checkpoint> --out model.gguf [--quant f16|q8_0|q4_k_m]`.
+//!
+//! `<data>` is a folder (or a train file) of Search-R1 rows, or a name under `$DATA_ROOT`
+//! (`synth` is built on first use). Models are HF folders, GGUF files (teacher only, for
+//! generation), presets (`tiny`, `tiny-teacher`, built on first use under
+//! `$EXP_ROOT/presets/<data>/`) or `org/name` ids in the local Hugging Face cache. This is a
+//! thin layer over the `train` library.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use dgpo_core::model::export::{Quant, export_gguf};
+use train::evaluate::{EvalOptions, em_table, evaluate_models, write_report};
+use train::phases::{DataSet, KdConfig, KdSource};
 
 /// Train a compact search agent with DGPO.
 #[derive(Parser, Debug)]
@@ -17,18 +25,26 @@ use dgpo_core::model::export::{Quant, export_gguf};
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
-    /// Dataset name under $DATA_ROOT (e.g. `synth`, `nq_hotpotqa`).
+    /// Dataset: a folder or train file of Search-R1 parquet/JSONL rows, or a name under
+    /// $DATA_ROOT (e.g. `synth`, built on first use).
     data: Option<String>,
     /// Student model: HF folder, preset name or HF-cache id.
     student: Option<String>,
-    /// Teacher model: HF folder, GGUF file, preset name or HF-cache id.
+    /// Teacher model: HF folder, GGUF file, preset name or HF-cache id (`-` for none, SFT).
     teacher: Option<String>,
-    /// Experiment name (folder under $EXP_ROOT).
+    /// Experiment name (folder under $EXP_ROOT) or path.
     exp: Option<String>,
-    /// Which phase to run: `sft` (CE on the data folder's trajectories.jsonl) or `kd` (the
-    /// teacher answers the training questions, its correct trajectories are distilled).
+    /// Which phase to run: `sft` (CE on the data folder's trajectories.jsonl) or `kd` (cold-start
+    /// distillation, see --kd-source).
     #[arg(long, default_value = "kd")]
     phase: String,
+    /// KD trajectories: `tgo` (the teacher's correct trajectories) or `sgo` (the student's own
+    /// sampled trajectories, refreshed --sgo-rounds times), with the teacher's distributions.
+    #[arg(long, default_value = "tgo")]
+    kd_source: String,
+    /// SGO: generation rounds over the run.
+    #[arg(long, default_value_t = 4)]
+    sgo_rounds: usize,
     /// Optimiser updates.
     #[arg(long, default_value_t = 100)]
     steps: usize,
@@ -59,19 +75,67 @@ struct Cli {
     /// Checkpoints kept.
     #[arg(long, default_value_t = 3)]
     keep_last: usize,
-    /// Seed of the data order.
+    /// Seed of the data order (and of SGO sampling).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Continue from the newest checkpoint of the experiment.
     #[arg(long)]
     resume: bool,
-    /// KD: at most this many training questions for the teacher.
+    /// KD: at most this many training questions for the agent runs.
     #[arg(long)]
     max_questions: Option<usize>,
+    /// New-token cap per agent turn (KD generation and the evaluation after it).
+    #[arg(long, default_value_t = 500)]
+    max_turn_tokens: usize,
+    /// Corpus JSONL searched with BM25 (default: the data folder's corpus.jsonl).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Disk index directory built by `edge index build` (instead of a corpus).
+    #[arg(long)]
+    index: Option<PathBuf>,
+    /// Questions run in parallel (generation and evaluation).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// After KD: evaluate student before/after and teacher on this many test questions.
+    #[arg(long, default_value_t = 100)]
+    eval_limit: usize,
+    /// Skip the evaluation after KD.
+    #[arg(long)]
+    no_eval: bool,
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Build (or reuse) a preset model from a dataset folder and print its folder.
+    Preset {
+        /// `tiny` or `tiny-teacher`.
+        name: String,
+        /// Dataset (as for training; `synth` is built on first use).
+        data: String,
+    },
+    /// Evaluate models (EM, ARCap) on a dataset split, with BM25 over its corpus.jsonl.
+    Eval {
+        /// Dataset (as for training).
+        data: String,
+        /// Models: HF folders, GGUF files, presets or HF-cache ids.
+        #[arg(required = true)]
+        models: Vec<String>,
+        /// Split file stem.
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Only the first N questions.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Skip the evidence-given generations (ARCap Source Referencing / Thinking).
+        #[arg(long)]
+        no_evidence: bool,
+        /// Write results.json and summary.md here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Questions evaluated in parallel (default: one per core).
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
     /// Export a checkpoint (or any HF folder) to a GGUF file.
     Export {
         /// A checkpoint folder (`.../checkpoints/step-N`) or an HF model folder.
@@ -94,7 +158,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.cmd {
+    match &cli.cmd {
         Some(Cmd::Export {
             checkpoint,
             out,
@@ -105,25 +169,69 @@ fn main() -> Result<()> {
             let dir = if checkpoint.join("model").join("config.json").exists() {
                 checkpoint.join("model")
             } else {
-                checkpoint
+                checkpoint.clone()
             };
-            export_gguf(&dir, &out, q)
+            export_gguf(&dir, out, q)
                 .with_context(|| format!("exporting {} to {}", dir.display(), out.display()))?;
             tracing::info!(out = %out.display(), ?q, "exported");
             Ok(())
         }
+        Some(Cmd::Preset { name, data }) => {
+            let ds = DataSet::resolve(data, &root("DATA_ROOT", "data"))?;
+            let t0 = std::time::Instant::now();
+            let dir = train::presets::build_preset(
+                name,
+                &ds.dir,
+                &root("EXP_ROOT", "exp"),
+                &train::presets::PresetConfig::from_env()?,
+            )?;
+            tracing::info!(secs = t0.elapsed().as_secs_f64(), "preset ready");
+            println!("{}", dir.display());
+            Ok(())
+        }
+        Some(Cmd::Eval {
+            data,
+            models,
+            split,
+            limit,
+            no_evidence,
+            out,
+            concurrency,
+        }) => {
+            let ds = DataSet::resolve(data, &root("DATA_ROOT", "data"))?;
+            let exp_root = root("EXP_ROOT", "exp");
+            let named = models
+                .iter()
+                .map(|m| {
+                    let p = train::presets::resolve_model(m, &ds.dir, &exp_root)?;
+                    Ok((m.clone(), p))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let opts = EvalOptions {
+                limit: *limit,
+                evidence: !no_evidence,
+                concurrency: concurrency.unwrap_or_else(train::phases::default_concurrency),
+                ..Default::default()
+            };
+            let report = evaluate_models(&named, &ds.dir, split, &opts)?;
+            if let Some(o) = out {
+                write_report(&report, o)?;
+            }
+            println!("{}", em_table(&report));
+            Ok(())
+        }
         None => {
             let (Some(data), Some(student), Some(teacher), Some(exp)) = (
-                cli.data.clone(),
-                cli.student.clone(),
-                cli.teacher.clone(),
-                cli.exp.clone(),
+                cli.data.as_deref(),
+                cli.student.as_deref(),
+                cli.teacher.as_deref(),
+                cli.exp.as_deref(),
             ) else {
                 bail!(
-                    "usage: train <data> <student> <teacher> <exp> [--phase sft|kd] (or `train export`)"
+                    "usage: train <data> <student> <teacher> <exp> [--phase sft|kd] (or `train preset|eval|export`)"
                 );
             };
-            run(&cli, &data, &student, &teacher, &exp)
+            run(&cli, data, student, teacher, exp)
         }
     }
 }
@@ -134,30 +242,14 @@ fn root(var: &str, default: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(default))
 }
 
-fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result<()> {
-    use train::model::{ModelOptions, TrainModel};
+fn train_config(cli: &Cli) -> Result<train::trainer::TrainConfig> {
     use train::optim::{AdamWConfig, Decay, Schedule};
-    use train::trainer::{Example, TrainConfig, Trainer};
-
-    let data_dir = if Path::new(data).is_dir() {
-        PathBuf::from(data)
-    } else {
-        root("DATA_ROOT", "data").join(data)
-    };
-    if data == "synth" || data_dir.file_name().is_some_and(|n| n == "synth") {
-        train::synth::prepare::prepare(&data_dir, &Default::default())?;
-    }
-    let exp_dir = if Path::new(exp).is_absolute() {
-        PathBuf::from(exp)
-    } else {
-        root("EXP_ROOT", "exp").join(exp)
-    };
     let decay = match cli.decay.as_str() {
         "cosine" => Decay::Cosine { min_ratio: 0.0 },
         "constant" => Decay::Constant,
         o => bail!("unknown --decay {o:?} (cosine, constant)"),
     };
-    let cfg = TrainConfig {
+    Ok(train::trainer::TrainConfig {
         schedule: Schedule::with_ratio(cli.lr, cli.warmup_ratio, cli.steps, decay),
         adamw: AdamWConfig::default(),
         micro_batch: cli.micro_batch,
@@ -167,66 +259,140 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
         alpha: cli.alpha,
         save_every: cli.save_every,
         keep_last: cli.keep_last,
+    })
+}
+
+/// Vocabulary size in a model's config.json, or (GGUF) from the loaded model.
+fn vocab_of(path: &Path) -> Result<usize> {
+    if path.is_dir() {
+        Ok(dgpo_core::model::hf::read_config(&path.join("config.json"))?.vocab_size)
+    } else {
+        Ok(dgpo_core::model::load(path, &Default::default())?
+            .info()
+            .vocab_size)
+    }
+}
+
+fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result<()> {
+    let ds = DataSet::resolve(data, &root("DATA_ROOT", "data"))?;
+    let exp_root = root("EXP_ROOT", "exp");
+    let exp_dir = if Path::new(exp).is_absolute() {
+        PathBuf::from(exp)
+    } else {
+        exp_root.join(exp)
     };
-    let s = TrainModel::load(Path::new(student), &ModelOptions::default())?;
-    let pad = 0;
-    let (examples, t): (Vec<Example>, Option<TrainModel>) = match cli.phase.as_str() {
+    let cfg = train_config(cli)?;
+    let student_dir = train::presets::resolve_model(student, &ds.dir, &exp_root)?;
+    if !student_dir.is_dir() {
+        bail!(
+            "student {} is not an HF folder: training needs safetensors weights (GGUF is for inference)",
+            student_dir.display()
+        );
+    }
+    match cli.phase.as_str() {
         "sft" => {
-            let p = data_dir.join("trajectories.jsonl");
+            let p = ds.dir.join("trajectories.jsonl");
             let rs = train::synth::prepare::read_rollouts(&p)?;
             let ex = rs
                 .iter()
-                .map(Example::from_rollout)
-                .collect::<dgpo_core::Result<_>>()?;
-            (ex, None)
+                .map(train::trainer::Example::from_rollout)
+                .collect::<dgpo_core::Result<Vec<_>>>()?;
+            let (fin, _) = train::phases::run_sft(&student_dir, &ex, &exp_dir, &cfg, cli.resume)?;
+            tracing::info!(dir = %fin.display(), "final model saved");
+            Ok(())
         }
         "kd" => {
-            let t = TrainModel::load(Path::new(teacher), &ModelOptions::default())?;
-            if t.vocab_size() != s.vocab_size() {
+            let source: KdSource = cli.kd_source.parse()?;
+            let teacher_path = train::presets::resolve_model(teacher, &ds.dir, &exp_root)?;
+            // Refused before anything is read or generated.
+            let (tv, sv) = (vocab_of(&teacher_path)?, vocab_of(&student_dir)?);
+            if tv != sv {
                 bail!(
-                    "teacher {teacher} has a vocabulary of {}, student {student} of {}: forward KL needs the same tokenizer",
-                    t.vocab_size(),
-                    s.vocab_size()
+                    "teacher {teacher} has a vocabulary of {tv}, student {student} of {sv}: forward KL needs the same tokenizer"
                 );
             }
-            let mut qs = train::data::read_questions(&data_dir.join("train.jsonl"))?;
+            let mut qs = ds.train_questions()?;
             if let Some(n) = cli.max_questions {
                 qs.truncate(n);
             }
-            let policy = dgpo_core::model::load(Path::new(teacher), &Default::default())?;
-            let corpus = data_dir.join("corpus.jsonl");
-            let retriever = dgpo_core::retrieve::MemoryRetriever::from_jsonl(&corpus)?;
-            let agent = dgpo_core::agent::AgentConfig {
-                chat_template: policy.chat_template().is_some(),
-                ..Default::default()
+            let retriever = open_retriever(cli, &ds)?;
+            let concurrency = cli
+                .concurrency
+                .unwrap_or_else(train::phases::default_concurrency);
+            let kd = KdConfig {
+                train: cfg,
+                source,
+                agent: dgpo_core::agent::AgentConfig {
+                    max_turn_tokens: cli.max_turn_tokens,
+                    ..Default::default()
+                },
+                sgo_rounds: cli.sgo_rounds,
+                concurrency,
+                resume: cli.resume,
             };
-            let c = train::phases::collect_correct(
-                policy.as_ref(),
-                &retriever,
+            let t0 = std::time::Instant::now();
+            let out = train::phases::run_kd(
+                &student_dir,
+                &teacher_path,
                 &qs,
-                &agent,
-                Some(s.vocab_size()),
+                retriever.as_ref(),
+                &exp_dir,
+                &kd,
             )?;
-            if c.examples.is_empty() {
-                bail!(
-                    "the teacher answered none of the {} questions correctly: nothing to distil",
-                    c.tried
-                );
+            tracing::info!(
+                dir = %out.final_dir.display(),
+                kept = out.kept,
+                tried = out.tried,
+                secs = t0.elapsed().as_secs_f64(),
+                "KD done; final model saved"
+            );
+            if !cli.no_eval && ds.test.is_some() && ds.corpus.is_some() && cli.eval_limit > 0 {
+                let t1 = std::time::Instant::now();
+                let models = vec![
+                    (format!("{student} (before KD)"), student_dir.clone()),
+                    (
+                        format!("{student} after KD ({})", cli.kd_source),
+                        out.final_dir,
+                    ),
+                    (format!("{teacher} (teacher)"), teacher_path),
+                ];
+                let opts = EvalOptions {
+                    limit: Some(cli.eval_limit),
+                    evidence: false,
+                    concurrency,
+                    agent: dgpo_core::agent::AgentConfig {
+                        max_turn_tokens: cli.max_turn_tokens,
+                        ..Default::default()
+                    },
+                };
+                let report = evaluate_models(&models, &ds.dir, "test", &opts)?;
+                let table = em_table(&report);
+                write_report(&report, &exp_dir.join("eval"))?;
+                tracing::info!(secs = t1.elapsed().as_secs_f64(), "evaluated");
+                println!("{table}");
             }
-            (c.examples, Some(t))
+            Ok(())
         }
         o => bail!("unknown --phase {o:?} (sft, kd)"),
-    };
-    let mut tr = Trainer::new(&s, t.as_ref(), &examples, cfg, &exp_dir, pad)?;
-    if cli.resume {
-        match tr.resume()? {
-            Some(step) => tracing::info!(step, "resuming"),
-            None => tracing::info!("no checkpoint to resume from; starting fresh"),
-        }
     }
-    tr.run(cli.steps)?;
-    let fin = exp_dir.join("final");
-    s.save(&fin)?;
-    tracing::info!(dir = %fin.display(), "final model saved");
-    Ok(())
+}
+
+/// The retriever behind the agent loop: --index, else --corpus, else the data folder's corpus.
+fn open_retriever(
+    cli: &Cli,
+    ds: &DataSet,
+) -> Result<std::sync::Arc<dyn dgpo_core::retrieve::Retriever>> {
+    use dgpo_core::retrieve::{RetrieverSpec, open};
+    let spec = match (&cli.index, &cli.corpus, &ds.corpus) {
+        (Some(dir), _, _) => RetrieverSpec::Index {
+            dir: dir.clone(),
+            embedder: None,
+        },
+        (None, Some(c), _) | (None, None, Some(c)) => RetrieverSpec::Corpus(c.clone()),
+        (None, None, None) => bail!(
+            "no retriever: {} has no corpus.jsonl; pass --corpus corpus.jsonl or --index DIR",
+            ds.dir.display()
+        ),
+    };
+    Ok(open(&spec)?)
 }

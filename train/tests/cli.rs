@@ -165,3 +165,242 @@ fn kd_with_mismatched_vocabularies_is_refused_before_training() {
     );
     assert!(!tmp.path().join("exp").exists());
 }
+
+/// Small preset settings for tests: a 2-layer teacher that memorises the few training
+/// trajectories of a tiny world, and a 1-layer student barely pretrained.
+fn small_presets(teacher_sft_steps: usize) -> train::presets::PresetConfig {
+    use train::presets::{PresetConfig, PresetSpec, Shape, Stage};
+    let stage = |steps, lr, micro_batch| Stage {
+        steps,
+        lr,
+        micro_batch,
+        save_every: 0,
+    };
+    PresetConfig {
+        tiny: PresetSpec {
+            shape: Shape {
+                hidden: 32,
+                intermediate: 64,
+                layers: 1,
+                heads: 2,
+                kv_heads: 1,
+            },
+            pretrain: stage(4, 3e-3, 4),
+            pretrain_seq_len: 64,
+            sft: None,
+            seed: 1,
+        },
+        teacher: PresetSpec {
+            shape: Shape {
+                hidden: 64,
+                intermediate: 128,
+                layers: 2,
+                heads: 4,
+                kv_heads: 2,
+            },
+            pretrain: stage(2, 3e-3, 4),
+            pretrain_seq_len: 64,
+            sft: Some(stage(teacher_sft_steps, 1e-2, 4)),
+            seed: 2,
+        },
+    }
+}
+
+/// A prepared synthetic folder named `synth` with a tiny world (3 people: 12 training
+/// questions) and top-1 retrieval, so trajectories are short.
+fn tiny_synth(root: &Path) -> PathBuf {
+    let data = root.join("synth");
+    let cfg = PrepareConfig {
+        world: WorldConfig {
+            people: 4,
+            cities: 2,
+            countries: 1,
+            test_fraction: 0.25,
+            ..Default::default()
+        },
+        vocab_size: 400,
+        agent: dgpo_core::agent::AgentConfig {
+            chat_template: false,
+            topk: 1,
+            ..Default::default()
+        },
+    };
+    prepare(&data, &cfg).unwrap();
+    data
+}
+
+fn kd_cmd(root: &Path, data: &Path, exp: &str, presets: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_train"));
+    c.arg(data)
+        .args(["tiny", "tiny-teacher", exp])
+        .args(["--phase", "kd", "--steps", "4", "--micro-batch", "2"])
+        .args([
+            "--lr",
+            "1e-3",
+            "--save-every",
+            "2",
+            "--max-turn-tokens",
+            "48",
+        ])
+        .args(["--concurrency", "2"])
+        .env("EXP_ROOT", root.join("exp"))
+        .env("TRAIN_PRESETS", presets)
+        .env("RUST_LOG", "warn");
+    c
+}
+
+/// `train synth tiny tiny-teacher <exp> --phase kd --kd-source sgo`, end to end: the presets
+/// are built on first use (and reused by a second run), the student samples its own
+/// trajectories (all kept, refreshed each round) and learns the teacher's distributions on
+/// them, then student before/after and teacher are evaluated on the test split.
+#[test]
+fn kd_sgo_end_to_end_builds_presets_and_evaluates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tiny_synth(tmp.path());
+    let presets = tmp.path().join("presets.json");
+    std::fs::write(&presets, serde_json::to_string(&small_presets(2)).unwrap()).unwrap();
+    let out = kd_cmd(tmp.path(), &data, "sgo", &presets)
+        .args([
+            "--kd-source",
+            "sgo",
+            "--sgo-rounds",
+            "2",
+            "--max-questions",
+            "5",
+        ])
+        .args(["--eval-limit", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = tmp.path().join("exp");
+    for p in ["tiny", "tiny-teacher"] {
+        let d = root.join("presets/synth").join(p);
+        assert!(
+            d.join("config.json").exists() && d.join("preset.json").exists(),
+            "{p}"
+        );
+    }
+    let exp = root.join("sgo");
+    for r in 0..2 {
+        let rs = train::synth::prepare::read_rollouts(&exp.join(format!("sgo/round-{r}.jsonl")))
+            .unwrap();
+        // One trajectory per question, correct or not, each with generated tokens.
+        assert_eq!(rs.len(), 5, "round {r}");
+        assert!(rs.iter().all(|r| r.response_mask.contains(&1)));
+    }
+    let m = std::fs::read_to_string(exp.join("metrics.jsonl")).unwrap();
+    let ms: Vec<serde_json::Value> = m
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(ms.len(), 4);
+    assert!(
+        ms.iter()
+            .all(|m| m["kl"].as_f64().is_some_and(|k| k >= 0.0))
+    );
+    assert!(exp.join("final/config.json").exists());
+    // Rounds differ: the student's weights and the sampling seed change between them.
+    assert_ne!(
+        std::fs::read(exp.join("sgo/round-0.jsonl")).unwrap(),
+        std::fs::read(exp.join("sgo/round-1.jsonl")).unwrap()
+    );
+    // The evaluation table names the three models.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for s in ["(before KD)", "after KD (sgo)", "(teacher)"] {
+        assert!(stdout.contains(s), "{s} missing from\n{stdout}");
+    }
+    assert!(exp.join("eval/results.json").exists());
+    // A second run reuses the presets as they are.
+    let w = std::fs::read(root.join("presets/synth/tiny-teacher/model.safetensors")).unwrap();
+    let out = kd_cmd(tmp.path(), &data, "sgo2", &presets)
+        .args(["--kd-source", "sgo", "--max-questions", "2"])
+        .arg("--no-eval")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = std::fs::read(root.join("presets/synth/tiny-teacher/model.safetensors")).unwrap();
+    assert!(again == w, "the cached teacher preset was rebuilt");
+}
+
+/// TGO through the CLI with a teacher that never answers correctly: nothing to distil, said
+/// plainly, and no model written. (TGO training itself is tested in tests/synth.rs with the
+/// oracle as teacher: a competent teacher takes minutes to train.)
+#[test]
+fn kd_tgo_with_a_teacher_never_right_fails_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tiny_synth(tmp.path());
+    let presets = tmp.path().join("presets.json");
+    std::fs::write(&presets, serde_json::to_string(&small_presets(0)).unwrap()).unwrap();
+    let out = kd_cmd(tmp.path(), &data, "tgo", &presets)
+        .args(["--max-questions", "3"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("answered none of the 3 questions correctly"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("exp/tgo/final").exists());
+}
+
+/// A dataset row without golden answers is refused with its file and line, before training.
+#[test]
+fn dataset_row_without_answers_names_its_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("qa");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("train.jsonl"),
+        concat!(
+            r#"{"id":"a","question":"Who?","golden_answers":["X"],"data_source":"nq"}"#,
+            "\n",
+            r#"{"id":"b","question":"What?","data_source":"nq"}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        data.join("corpus.jsonl"),
+        r#"{"id":"0","contents":"\"X\"\nX is a thing."}"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_train"))
+        .arg(&data)
+        .arg(fixture("tiny-qwen2"))
+        .arg(fixture("tiny-qwen2"))
+        .arg(tmp.path().join("exp"))
+        .args(["--phase", "kd"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("train.jsonl:2") && err.contains("golden_answers"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("exp").exists());
+    // The same through the train file given directly.
+    let out = Command::new(env!("CARGO_BIN_EXE_train"))
+        .arg(data.join("train.jsonl"))
+        .arg(fixture("tiny-qwen2"))
+        .arg(fixture("tiny-qwen2"))
+        .arg(tmp.path().join("exp"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("train.jsonl:2"),
+        "{err}"
+    );
+}

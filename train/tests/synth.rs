@@ -405,3 +405,232 @@ fn teacher_trajectories_keep_only_correct_answers() {
         .to_string();
     assert!(e.contains("vocabulary"), "{e}");
 }
+
+/// A tiny world folder (4 people) with top-1 retrieval, for the pipeline tests below.
+fn tiny_prepared(dir: &std::path::Path) -> train::synth::prepare::Prepared {
+    use train::synth::prepare::{PrepareConfig, prepare};
+    prepare(
+        dir,
+        &PrepareConfig {
+            world: WorldConfig {
+                people: 4,
+                cities: 2,
+                countries: 1,
+                test_fraction: 0.25,
+                ..Default::default()
+            },
+            vocab_size: 400,
+            agent: dgpo_core::agent::AgentConfig {
+                chat_template: false,
+                topk: 1,
+                ..Default::default()
+            },
+        },
+    )
+    .unwrap()
+}
+
+fn tiny_model(
+    tok_path: &std::path::Path,
+    hidden: usize,
+    layers: usize,
+    seed: u64,
+) -> train::TrainModel {
+    use train::model::{ModelOptions, TrainModel, config_json};
+    use train::presets::Shape;
+    let tok = train::synth::prepare::load_tokenizer(tok_path).unwrap();
+    let dc = Shape {
+        hidden,
+        intermediate: 2 * hidden,
+        layers,
+        heads: 2,
+        kv_heads: 1,
+    }
+    .decoder(tok.vocab_size());
+    TrainModel::new_random(
+        dc.clone(),
+        config_json(&dc, None, Some(2)),
+        std::fs::read(tok_path).unwrap(),
+        &ModelOptions {
+            seed,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// TGO cold-start KD through the library with the oracle as the generating teacher: the
+/// trajectories kept are exactly the correct ones (a question whose golden answer was changed
+/// is dropped), they are cached for `resume`, and the student's forward KL to the teacher's
+/// distributions falls.
+#[test]
+fn kd_tgo_keeps_correct_teacher_trajectories_and_lowers_kl() {
+    use train::data::QaRow;
+    use train::optim::{AdamWConfig, Decay, Schedule};
+    use train::phases::{KdConfig, KdSource, TGO_FILE, run_kd_models};
+    use train::synth::oracle::OracleModel;
+    use train::synth::prepare::read_rollouts;
+    use train::trainer::TrainConfig;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tiny_prepared(&tmp.path().join("synth"));
+    let w = World::generate(&WorldConfig {
+        people: 4,
+        cities: 2,
+        countries: 1,
+        test_fraction: 0.25,
+        ..Default::default()
+    })
+    .unwrap();
+    let tok = train::synth::prepare::load_tokenizer(&p.tokenizer()).unwrap();
+    let oracle = OracleModel::for_questions(tok.clone(), &w.train).unwrap();
+    let retriever = MemoryRetriever::from_jsonl(&p.corpus()).unwrap();
+    let mut qs: Vec<QaRow> = w
+        .train
+        .iter()
+        .take(6)
+        .map(|q| QaRow {
+            id: q.id.clone(),
+            question: q.question.clone(),
+            golden_answers: q.golden_answers.clone(),
+            data_source: q.data_source.clone(),
+        })
+        .collect();
+    qs[1].golden_answers = vec!["nobody knows".into()];
+    let student = tiny_model(&p.tokenizer(), 32, 1, 1);
+    let teacher = tiny_model(&p.tokenizer(), 48, 2, 2);
+    let steps = 12;
+    let cfg = KdConfig {
+        train: TrainConfig {
+            schedule: Schedule::with_ratio(1e-2, 0.0, steps, Decay::Constant),
+            adamw: AdamWConfig::default(),
+            micro_batch: 2,
+            grad_accum: 1,
+            max_grad_norm: 1.0,
+            seed: 0,
+            alpha: 1.0,
+            save_every: 0,
+            keep_last: 1,
+        },
+        source: KdSource::Tgo,
+        agent: dgpo_core::agent::AgentConfig {
+            chat_template: false,
+            topk: 1,
+            ..Default::default()
+        },
+        sgo_rounds: 1,
+        concurrency: 2,
+        resume: false,
+    };
+    let exp = tmp.path().join("exp");
+    let out = run_kd_models(
+        &student,
+        Some(&oracle),
+        Some(&teacher),
+        &qs,
+        &retriever,
+        &exp,
+        &cfg,
+    )
+    .unwrap();
+    assert_eq!((out.tried, out.kept), (6, 5), "question 1 must be dropped");
+    let kept = read_rollouts(&exp.join(TGO_FILE)).unwrap();
+    assert_eq!(kept.len(), 5);
+    let first = out.metrics[0].kl.unwrap();
+    let last = out.metrics.last().unwrap().kl.unwrap();
+    assert!(last < first * 0.9, "forward KL {first} -> {last}");
+    assert!(out.final_dir.join("model.safetensors").exists());
+    // Resuming a finished run reuses the cached trajectories without any teacher policy.
+    let again = run_kd_models(
+        &student,
+        None,
+        Some(&teacher),
+        &qs,
+        &retriever,
+        &exp,
+        &KdConfig {
+            resume: true,
+            ..cfg.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!((again.tried, again.kept, again.metrics.len()), (0, 5, 0));
+}
+
+/// Presets: built once from a prepared folder (pretraining lowers the loss; the teacher also
+/// fine-tunes on the oracle trajectories), reused as they are, rebuilt when their settings
+/// change; names resolve, unknown ones are refused with what was tried.
+#[test]
+fn presets_build_once_and_resolve() {
+    use train::presets::{
+        PresetConfig, PresetSpec, Shape, Stage, build_preset, resolve_model_with,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tiny_prepared(&tmp.path().join("synth"));
+    let stage = |steps| Stage {
+        steps,
+        lr: 1e-2,
+        micro_batch: 4,
+        save_every: 3,
+    };
+    let spec = |hidden, sft: Option<Stage>| PresetSpec {
+        shape: Shape {
+            hidden,
+            intermediate: 2 * hidden,
+            layers: 1,
+            heads: 2,
+            kv_heads: 1,
+        },
+        pretrain: stage(8),
+        pretrain_seq_len: 64,
+        sft,
+        seed: 1,
+    };
+    let mut cfg = PresetConfig {
+        tiny: spec(32, None),
+        teacher: spec(48, Some(stage(3))),
+    };
+    let roots = tmp.path().join("exp");
+    let dir = build_preset("tiny", &p.dir, &roots, &cfg).unwrap();
+    assert_eq!(dir, roots.join("presets/synth/tiny"));
+    let log = roots.join("presets/synth/.work/tiny/pretrain/metrics.jsonl");
+    let ms = train::checkpoint::MetricsLog::read(&log).unwrap();
+    assert_eq!(ms.len(), 8);
+    assert!(
+        ms[7].loss < ms[0].loss - 0.3,
+        "{} -> {}",
+        ms[0].loss,
+        ms[7].loss
+    );
+    // The preset loads in core as an inference model with the synth tokenizer's vocabulary.
+    let m = dgpo_core::model::load(&dir, &Default::default()).unwrap();
+    assert_eq!(m.info().vocab_size, 400.min(m.tokenizer().vocab_size()));
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    // Reused: same folder, same bytes, no new training steps.
+    let again = resolve_model_with("tiny", &p.dir, &roots, &cfg).unwrap();
+    assert_eq!(again, dir);
+    assert_eq!(std::fs::read(dir.join("model.safetensors")).unwrap(), bytes);
+    assert_eq!(train::checkpoint::MetricsLog::read(&log).unwrap().len(), 8);
+    // The teacher: pretraining then SFT.
+    let t = build_preset("tiny-teacher", &p.dir, &roots, &cfg).unwrap();
+    let sft = roots.join("presets/synth/.work/tiny-teacher/sft/metrics.jsonl");
+    assert_eq!(train::checkpoint::MetricsLog::read(&sft).unwrap().len(), 3);
+    assert!(t.join("preset.json").exists());
+    // Other settings: rebuilt.
+    cfg.tiny.pretrain.steps = 4;
+    build_preset("tiny", &p.dir, &roots, &cfg).unwrap();
+    assert_eq!(train::checkpoint::MetricsLog::read(&log).unwrap().len(), 4);
+    assert_ne!(std::fs::read(dir.join("model.safetensors")).unwrap(), bytes);
+    // Paths resolve as themselves; unknown names are refused.
+    assert_eq!(
+        resolve_model_with(dir.to_str().unwrap(), &p.dir, &roots, &cfg).unwrap(),
+        dir
+    );
+    let e = resolve_model_with("no-such/model-here", &p.dir, &roots, &cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tiny-teacher") && e.contains("Hugging Face"),
+        "{e}"
+    );
+}

@@ -39,11 +39,13 @@ pub fn oracle_turns(q: &Question) -> Vec<String> {
     turns
 }
 
-/// A policy that plays one question's oracle script.
+/// A policy that plays the oracle script of one question, or of whichever of several
+/// questions its prompt asks (a perfect "teacher" for tests of the distillation pipeline).
 pub struct OracleModel {
     tok: Tokenizer,
     info: ModelInfo,
-    turns: Vec<Vec<u32>>,
+    /// (question text, scripted turns as token ids).
+    scripts: Vec<(String, Vec<Vec<u32>>)>,
     end: u32,
 }
 
@@ -51,12 +53,24 @@ impl OracleModel {
     /// The oracle for `q`, speaking through `tok` (whose first end-of-generation id ends a
     /// finished script).
     pub fn new(tok: Tokenizer, q: &Question) -> Result<OracleModel> {
+        Self::for_questions(tok, std::slice::from_ref(q))
+    }
+
+    /// An oracle for every question in `qs`: each session plays the script of the question
+    /// found in its prompt (the first feed), and fails when the prompt asks none of them.
+    pub fn for_questions(tok: Tokenizer, qs: &[Question]) -> Result<OracleModel> {
         let end = *tok.eos_ids().first().ok_or_else(|| {
             Error::invalid("the oracle's tokenizer needs an end-of-generation id")
         })?;
-        let turns = oracle_turns(q)
+        let scripts = qs
             .iter()
-            .map(|t| tok.encode(t))
+            .map(|q| {
+                let turns = oracle_turns(q)
+                    .iter()
+                    .map(|t| tok.encode(t))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((q.question.clone(), turns))
+            })
             .collect::<Result<Vec<_>>>()?;
         let info = ModelInfo {
             arch: Arch::Qwen2,
@@ -68,7 +82,7 @@ impl OracleModel {
         Ok(OracleModel {
             tok,
             info,
-            turns,
+            scripts,
             end,
         })
     }
@@ -87,6 +101,7 @@ impl LanguageModel for OracleModel {
     fn new_session(&self) -> Result<Box<dyn Session + '_>> {
         Ok(Box::new(OracleSession {
             m: self,
+            script: 0,
             started: false,
             turn: 0,
             pos: 0,
@@ -97,6 +112,7 @@ impl LanguageModel for OracleModel {
 
 struct OracleSession<'a> {
     m: &'a OracleModel,
+    script: usize,
     started: bool,
     turn: usize,
     pos: usize,
@@ -105,9 +121,8 @@ struct OracleSession<'a> {
 
 impl OracleSession<'_> {
     fn logits(&self) -> Vec<f32> {
-        let next = self
-            .m
-            .turns
+        let next = self.m.scripts[self.script]
+            .1
             .get(self.turn)
             .and_then(|t| t.get(self.pos))
             .copied()
@@ -122,6 +137,17 @@ impl Session for OracleSession<'_> {
     fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         if tokens.is_empty() {
             return Err(Error::invalid("feed needs at least one token"));
+        }
+        if !self.started && self.m.scripts.len() > 1 {
+            let prompt = self.m.tok.decode(tokens)?;
+            self.script = self
+                .m
+                .scripts
+                .iter()
+                .position(|(q, _)| prompt.contains(q.as_str()))
+                .ok_or_else(|| {
+                    Error::invalid("the oracle knows none of the questions in this prompt")
+                })?;
         }
         if tokens.len() > 1 || !self.started {
             if self.started {

@@ -91,6 +91,23 @@ struct TrajectoryRow {
     response_mask: Vec<u8>,
 }
 
+/// Write rollouts in the `trajectories.jsonl` format (ids and masks; log-probs are dropped),
+/// atomically.
+pub fn write_rollouts(path: &Path, rollouts: &[Rollout]) -> Result<()> {
+    let lines: Vec<String> = rollouts
+        .iter()
+        .map(|r| {
+            let row = TrajectoryRow {
+                prompt_ids: r.prompt_ids.clone(),
+                response_ids: r.response_ids.clone(),
+                response_mask: r.response_mask.clone(),
+            };
+            serde_json::to_string(&row).expect("rows serialise")
+        })
+        .collect();
+    write_lines(path, &lines)
+}
+
 /// Read `trajectories.jsonl` (log-probs come back as NaN).
 pub fn read_rollouts(path: &Path) -> Result<Vec<Rollout>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -148,18 +165,7 @@ pub fn prepare(dir: &Path, cfg: &PrepareConfig) -> Result<Prepared> {
         let tok = load_tokenizer(&tp)?;
         let retriever = MemoryRetriever::new(load_jsonl(&dir.join("corpus.jsonl"))?);
         let rollouts = oracle_rollouts(&tok, &retriever, &world.train, &cfg.agent)?;
-        let lines: Vec<String> = rollouts
-            .iter()
-            .map(|r| {
-                let row = TrajectoryRow {
-                    prompt_ids: r.prompt_ids.clone(),
-                    response_ids: r.response_ids.clone(),
-                    response_mask: r.response_mask.clone(),
-                };
-                serde_json::to_string(&row).expect("rows serialise")
-            })
-            .collect();
-        write_lines(&rp, &lines)?;
+        write_rollouts(&rp, &rollouts)?;
         built.push("trajectories.jsonl");
     }
     Ok(Prepared {

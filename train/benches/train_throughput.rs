@@ -1,0 +1,156 @@
+//! Training throughput on this CPU: tokens per second of one optimiser update (forward,
+//! backward, AdamW) for the `tiny` preset's shape and for one Qwen2.5-0.5B-shaped step (random
+//! weights: speed does not depend on weight values).
+//!
+//! `cargo bench -p train --bench train_throughput` prints both; `BENCH_QWEN=0` skips the 0.5B
+//! step (it needs about 10 GB of memory: f32 weights, gradients and two AdamW moments),
+//! `BENCH_PRESETS=0` the presets, `BENCH_QWEN_STEPS=N` times N 0.5B updates (default 1).
+//! Run it on an otherwise idle machine: with a busy core, every rayon-parallel op waits for
+//! the descheduled thread and the numbers drop several-fold.
+//! `scripts/bench_train_torch.py` times the same 0.5B step in PyTorch, for a comparison on a
+//! machine that has torch (it is not installed here).
+
+use std::time::Instant;
+
+use dgpo_core::model::decoder::{Arch, DecoderConfig, RopeStyle};
+use train::model::{Batch, ModelOptions, TrainModel, config_json};
+use train::optim::{AdamWConfig, Decay, Schedule};
+use train::presets::PresetConfig;
+use train::trainer::{Example, TrainConfig, Trainer};
+
+fn examples(n: usize, len: usize, vocab: u32) -> Vec<Example> {
+    // A fixed pseudo-random stream (no RNG dependency on the bench's side).
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            let ids = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x % vocab as u64) as u32
+                })
+                .collect();
+            Example {
+                ids,
+                learn: vec![true; len],
+            }
+        })
+        .collect()
+}
+
+/// Median seconds of `steps` updates (after one warm-up update) and of forward+backward alone.
+fn bench(name: &str, dc: DecoderConfig, batch: usize, seq: usize, steps: usize, warmup: bool) {
+    let t0 = Instant::now();
+    let m = TrainModel::new_random(
+        dc.clone(),
+        config_json(&dc, None, None),
+        b"{}".to_vec(),
+        &ModelOptions::default(),
+    )
+    .expect("model");
+    let params: usize = m
+        .named_vars()
+        .iter()
+        .map(|(_, v)| v.as_tensor().elem_count())
+        .sum();
+    eprintln!(
+        "{name}: {:.1}M parameters, initialised in {:.1} s",
+        params as f64 / 1e6,
+        t0.elapsed().as_secs_f64()
+    );
+    let data = examples(batch * (steps + 1), seq, dc.vocab_size as u32);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = TrainConfig {
+        schedule: Schedule::with_ratio(1e-4, 0.0, steps + 1, Decay::Constant),
+        adamw: AdamWConfig::default(),
+        micro_batch: batch,
+        grad_accum: 1,
+        max_grad_norm: 1.0,
+        seed: 0,
+        alpha: 1.0,
+        save_every: 0,
+        keep_last: 1,
+    };
+    let mut tr = Trainer::new(&m, None, &data, cfg, tmp.path(), 0).expect("trainer");
+    if warmup {
+        tr.train_step().expect("warm-up step");
+    }
+    let mut full = Vec::new();
+    for _ in 0..steps {
+        let t = Instant::now();
+        tr.train_step().expect("step");
+        full.push(t.elapsed().as_secs_f64());
+    }
+    let seqs: Vec<Vec<u32>> = data[..batch].iter().map(|e| e.ids.clone()).collect();
+    let b = Batch::new(&seqs, None, 0, m.device()).expect("batch");
+    let mut fb = Vec::new();
+    for _ in 0..steps {
+        let t = Instant::now();
+        let logits = m.logits(&b).expect("forward");
+        let l = train::loss::cross_entropy(&logits, &b.ids, &b.target_mask).expect("loss");
+        let _g = l.backward().expect("backward");
+        fb.push(t.elapsed().as_secs_f64());
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (sf, sb) = (med(&mut full), med(&mut fb));
+    let tokens = (batch * seq) as f64;
+    println!(
+        "{name}: batch {batch} x seq {seq}: update {sf:.3} s ({:.0} tokens/s), forward+backward {sb:.3} s ({:.0} tokens/s), AdamW+clip {:.3} s; median of {steps}",
+        tokens / sf,
+        tokens / sb,
+        (sf - sb).max(0.0)
+    );
+}
+
+fn main() {
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
+    println!(
+        "training throughput, f32 on CPU ({threads} threads, {} cores available)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let p = PresetConfig::default();
+    let presets = std::env::var("BENCH_PRESETS").as_deref() != Ok("0");
+    for (name, spec) in [("tiny", p.tiny), ("tiny-teacher", p.teacher)]
+        .into_iter()
+        .filter(|_| presets)
+    {
+        bench(name, spec.shape.decoder(1024), 8, 128, 10);
+        bench(
+            &format!("{name} (seq 384)"),
+            spec.shape.decoder(1024),
+            4,
+            384,
+            5,
+        );
+    }
+    if std::env::var("BENCH_QWEN").as_deref() != Ok("0") {
+        let qwen = DecoderConfig {
+            arch: Arch::Qwen2,
+            vocab_size: 151_936,
+            hidden_size: 896,
+            intermediate_size: 4864,
+            num_layers: 24,
+            num_heads: 14,
+            num_kv_heads: 2,
+            head_dim: 64,
+            max_position: 32_768,
+            rope_theta: 1_000_000.0,
+            rms_norm_eps: 1e-6,
+            tie_embeddings: true,
+            attention_bias: true,
+            rope_style: RopeStyle::Half,
+            rope_scaling: None,
+        };
+        // One update and one forward+backward, no warm-up: each takes tens of seconds on two
+        // cores, so allocation effects are negligible.
+        let steps = std::env::var("BENCH_QWEN_STEPS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1);
+        bench("Qwen2.5-0.5B shape", qwen, 1, 512, steps, false);
+    }
+}
