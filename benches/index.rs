@@ -301,7 +301,7 @@ fn main() {
         let mut all: Vec<Vec<f32>> = (0..idx.len() as u32)
             .filter_map(|i| idx.vector(i).unwrap())
             .collect();
-        let label = format!("{} ({})", dir, idx.meta().embedder);
+        let label = format!("{} real vectors ({})", idx.len(), idx.embedder().id());
         drop(idx);
         all.shuffle(&mut StdRng::seed_from_u64(7));
         let queries = all.split_off(all.len() - nq.min(all.len() / 2));

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 pub mod checkpoint;
 pub mod data;
+pub mod demo;
 pub mod evaluate;
 pub mod loss;
 pub mod model;

@@ -34,10 +34,42 @@ struct Cli {
     teacher: Option<String>,
     /// Experiment name (folder under $EXP_ROOT) or path.
     exp: Option<String>,
-    /// Which phase to run: `sft` (CE on the data folder's trajectories.jsonl) or `kd` (cold-start
-    /// distillation, see --kd-source).
-    #[arg(long, default_value = "kd")]
+    /// Which phase to run: `all` (the replication: KD, then PPO, GRPO and DGPO, then the
+    /// evaluation of every model; see `train::demo`), `sft` (CE on the data folder's
+    /// trajectories.jsonl), `kd` (cold-start distillation, see --kd-source) or `rl` (one RL run
+    /// of the first of --algos from the student).
+    #[arg(long, default_value = "all")]
     phase: String,
+    /// RL algorithms (`all` and `rl`): comma-separated `ppo`, `grpo`, `dgpo`.
+    #[arg(long, default_value = "ppo,grpo,dgpo")]
+    algos: String,
+    /// `all`: seeds 0..N (KD and RL run once per seed; the table shows mean ± half-range).
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
+    /// RL updates per algorithm [paper: 1005; tiny presets: 30].
+    #[arg(long)]
+    rl_steps: Option<usize>,
+    /// RL questions per step [paper: 512; tiny: 16].
+    #[arg(long)]
+    questions_per_step: Option<usize>,
+    /// RL PPO mini-batch, in rollouts [paper: 256; tiny: 16].
+    #[arg(long)]
+    rl_mini_batch: Option<usize>,
+    /// GRPO rollouts per question [paper: 5; tiny: 4].
+    #[arg(long)]
+    group_size: Option<usize>,
+    /// KL coefficient β (DGPO: on failed rollouts only) [paper: 0.001; tiny: 0.01].
+    #[arg(long)]
+    kl_coef: Option<f64>,
+    /// Actor learning rate [paper: 1e-6; tiny: 1e-4].
+    #[arg(long)]
+    actor_lr: Option<f64>,
+    /// Critic learning rate [paper: 1e-5; tiny: 1e-3].
+    #[arg(long)]
+    critic_lr: Option<f64>,
+    /// Ablation: apply the KL penalty on every rollout, not only on failed ones.
+    #[arg(long)]
+    no_selective: bool,
     /// KD trajectories: `tgo` (the teacher's correct trajectories) or `sgo` (the student's own
     /// sampled trajectories, refreshed --sgo-rounds times), with the teacher's distributions.
     #[arg(long, default_value = "tgo")]
@@ -274,6 +306,13 @@ fn vocab_of(path: &Path) -> Result<usize> {
 }
 
 fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result<()> {
+    if train::presets::is_preset(student) && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // The tiny presets' matrices are too small for candle's thread pool, whose workers spin
+        // while waiting (measured: 0.3 s per RL step on one thread, 1.0-1.4 s on two); the
+        // agent rollouts run in parallel over questions instead. Set before any candle op.
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
     let ds = DataSet::resolve(data, &root("DATA_ROOT", "data"))?;
     let exp_root = root("EXP_ROOT", "exp");
     let exp_dir = if Path::new(exp).is_absolute() {
@@ -373,8 +412,129 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
             }
             Ok(())
         }
-        o => bail!("unknown --phase {o:?} (sft, kd)"),
+        "all" | "rl" => {
+            let teacher_path = train::presets::resolve_model(teacher, &ds.dir, &exp_root)?;
+            let (tv, sv) = (vocab_of(&teacher_path)?, vocab_of(&student_dir)?);
+            if tv != sv {
+                bail!(
+                    "teacher {teacher} has a vocabulary of {tv}, student {student} of {sv}: forward KL needs the same tokenizer"
+                );
+            }
+            if !teacher_path.is_dir() {
+                bail!(
+                    "teacher {} is a GGUF file: the RL phase scores the teacher's log-probs in training mode and needs an HF folder",
+                    teacher_path.display()
+                );
+            }
+            let mut qs = ds.train_questions()?;
+            if let Some(n) = cli.max_questions {
+                qs.truncate(n);
+            }
+            let retriever = open_retriever(cli, &ds)?;
+            let tiny = train::presets::is_preset(student);
+            let rl = rl_config(cli, tiny)?;
+            let algos: Vec<train::rl::Algo> = cli
+                .algos
+                .split(',')
+                .map(|a| a.trim().parse())
+                .collect::<dgpo_core::Result<_>>()?;
+            let concurrency = cli
+                .concurrency
+                .unwrap_or_else(train::phases::default_concurrency);
+            let agent = dgpo_core::agent::AgentConfig {
+                max_turn_tokens: rl.max_turn_tokens,
+                ..Default::default()
+            };
+            if cli.phase == "rl" {
+                let algo = *algos.first().context("--algos names no algorithm")?;
+                let s = train::TrainModel::load(&student_dir, &Default::default())?;
+                let t = train::TrainModel::load(&teacher_path, &Default::default())?;
+                let cfg = train::rl::RlConfig { algo, seed: cli.seed, ..rl };
+                let teacher_ref = (algo == train::rl::Algo::Dgpo).then_some(&t);
+                train::rl::train_rl(&s, teacher_ref, &qs, retriever.as_ref(), &cfg, &exp_dir, cli.resume)?;
+                let fin = exp_dir.join("final");
+                s.save(&fin)?;
+                tracing::info!(dir = %fin.display(), "RL done; final model saved");
+                return Ok(());
+            }
+            let mut kd_train = cfg;
+            if tiny {
+                // The tiny presets learn at the rates they were pretrained with, for a few
+                // hundred updates; the general defaults (100 updates at 1e-4) suit 0.5B models.
+                let steps = if cli.steps == 100 { 200 } else { cli.steps };
+                let lr = if cli.lr == 1e-4 { 1e-3 } else { cli.lr };
+                kd_train.schedule = train::optim::Schedule::with_ratio(
+                    lr,
+                    cli.warmup_ratio,
+                    steps,
+                    kd_train.schedule.decay,
+                );
+            }
+            let demo = train::demo::DemoConfig {
+                data_dir: ds.dir.clone(),
+                student: student_dir.clone(),
+                teacher: teacher_path,
+                exp_dir: exp_dir.clone(),
+                seeds: (0..cli.seeds.max(1)).collect(),
+                kd: KdConfig {
+                    train: kd_train,
+                    source: cli.kd_source.parse()?,
+                    agent: agent.clone(),
+                    sgo_rounds: cli.sgo_rounds,
+                    concurrency,
+                    resume: true,
+                },
+                rl,
+                algos,
+                eval: EvalOptions {
+                    limit: Some(cli.eval_limit),
+                    evidence: !cli.no_eval,
+                    concurrency,
+                    agent,
+                },
+            };
+            let report = train::demo::run_demo(&demo, &qs, retriever.as_ref())?;
+            println!("{}", train::demo::em_markdown(&report, demo.seeds.len()));
+            println!(
+                "wall time {:.0} s; report: {}",
+                report.total_secs,
+                exp_dir.join("demo.md").display()
+            );
+            Ok(())
+        }
+        o => bail!("unknown --phase {o:?} (all, sft, kd, rl)"),
     }
+}
+
+/// RL settings: the paper's values, or (for the tiny presets) values sized for a laptop run;
+/// any flag given wins.
+fn rl_config(cli: &Cli, tiny: bool) -> Result<train::rl::RlConfig> {
+    let mut c = train::rl::RlConfig::default();
+    if tiny {
+        c.steps = 30;
+        c.questions_per_step = 16;
+        c.mini_batch = 16;
+        c.micro_batch = 8;
+        c.group_size = 4;
+        c.kl_coef = 0.01;
+        c.actor_lr = 1e-4;
+        c.critic_lr = 1e-3;
+        c.actor_warmup_ratio = 0.0;
+        c.critic_warmup_ratio = 0.0;
+        c.max_turn_tokens = 128;
+        c.save_every = 10;
+    }
+    c.steps = cli.rl_steps.unwrap_or(c.steps);
+    c.questions_per_step = cli.questions_per_step.unwrap_or(c.questions_per_step);
+    c.mini_batch = cli.rl_mini_batch.unwrap_or(c.mini_batch);
+    c.group_size = cli.group_size.unwrap_or(c.group_size);
+    c.kl_coef = cli.kl_coef.unwrap_or(c.kl_coef);
+    c.actor_lr = cli.actor_lr.unwrap_or(c.actor_lr);
+    c.critic_lr = cli.critic_lr.unwrap_or(c.critic_lr);
+    c.selective = !cli.no_selective;
+    c.keep_last = cli.keep_last;
+    c.validate()?;
+    Ok(c)
 }
 
 /// The retriever behind the agent loop: --index, else --corpus, else the data folder's corpus.

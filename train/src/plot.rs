@@ -112,9 +112,49 @@ pub fn series(m: &[StepMetrics]) -> Vec<(&'static str, Vec<(f64, f64)>)> {
 
 /// Render the metrics as stacked line plots into `path` (temporary file, then rename).
 pub fn plot_metrics(metrics: &[StepMetrics], path: &Path) -> Result<()> {
-    let panels = series(metrics);
-    let mut c = Canvas::new(W, PANEL_H * panels.len());
-    for (k, (_, pts)) in panels.iter().enumerate() {
+    let panels: Vec<Vec<([u8; 3], Vec<(f64, f64)>)>> = series(metrics)
+        .into_iter()
+        .map(|(_, pts)| vec![(LINE, pts)])
+        .collect();
+    write_panels(&panels, path)
+}
+
+/// Line colours of [`plot_curves`], in the order the runs are given (blue, orange, green, red,
+/// purple).
+pub const PALETTE: [[u8; 3]; 5] = [
+    [31, 119, 180],
+    [255, 127, 14],
+    [44, 160, 44],
+    [214, 39, 40],
+    [148, 103, 189],
+];
+
+/// Reward (top panel) and KL to the reference (bottom panel) of several RL runs, one colour per
+/// run in [`PALETTE`] order, each panel with one y range shared by the runs (so they compare).
+pub fn plot_curves(runs: &[(String, Vec<crate::rl::RlMetrics>)], path: &Path) -> Result<()> {
+    let pts = |m: &[crate::rl::RlMetrics], f: &dyn Fn(&crate::rl::RlMetrics) -> Option<f64>| {
+        m.iter()
+            .filter_map(|s| f(s).map(|v| (s.step as f64, v)))
+            .filter(|p| p.1.is_finite())
+            .collect::<Vec<_>>()
+    };
+    let reward = runs
+        .iter()
+        .enumerate()
+        .map(|(i, (_, m))| (PALETTE[i % PALETTE.len()], pts(m, &|s| Some(s.reward_mean))))
+        .collect();
+    let kl = runs
+        .iter()
+        .enumerate()
+        .map(|(i, (_, m))| (PALETTE[i % PALETTE.len()], pts(m, &|s| s.kl)))
+        .collect();
+    write_panels(&[reward, kl], path)
+}
+
+/// One panel per entry, each holding coloured series over a shared range.
+fn write_panels(panels: &[Vec<([u8; 3], Vec<(f64, f64)>)>], path: &Path) -> Result<()> {
+    let mut c = Canvas::new(W, PANEL_H * panels.len().max(1));
+    for (k, lines) in panels.iter().enumerate() {
         let top = k * PANEL_H;
         let (x0, x1) = (MARGIN as f64, (W - MARGIN) as f64);
         let (y0, y1) = ((top + PANEL_H - MARGIN) as f64, (top + MARGIN + 12) as f64);
@@ -126,12 +166,14 @@ pub fn plot_metrics(metrics: &[StepMetrics], path: &Path) -> Result<()> {
             c.set(MARGIN, y, FRAME);
             c.set(W - MARGIN, y, FRAME);
         }
-        if pts.is_empty() {
+        let all: Vec<(f64, f64)> = lines.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+        if all.is_empty() {
             continue;
         }
-        let (smin, smax) = (pts[0].0, pts[pts.len() - 1].0);
-        let lo = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
-        let hi = pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+        let smin = all.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
+        let smax = all.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
+        let lo = all.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+        let hi = all.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
         let sx = |s: f64| {
             x0 + (x1 - x0)
                 * if smax > smin {
@@ -141,11 +183,13 @@ pub fn plot_metrics(metrics: &[StepMetrics], path: &Path) -> Result<()> {
                 }
         };
         let sy = |v: f64| y0 + (y1 - y0) * if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
-        for w in pts.windows(2) {
-            c.line((sx(w[0].0), sy(w[0].1)), (sx(w[1].0), sy(w[1].1)), LINE);
-        }
-        if pts.len() == 1 {
-            c.set(sx(pts[0].0) as usize, sy(pts[0].1) as usize, LINE);
+        for (colour, pts) in lines {
+            for w in pts.windows(2) {
+                c.line((sx(w[0].0), sy(w[0].1)), (sx(w[1].0), sy(w[1].1)), *colour);
+            }
+            if pts.len() == 1 {
+                c.set(sx(pts[0].0) as usize, sy(pts[0].1) as usize, *colour);
+            }
         }
         c.text(MARGIN + 4, top + MARGIN + 2, &num(hi));
         c.text(MARGIN + 4, top + PANEL_H - MARGIN - 12, &num(lo));

@@ -239,7 +239,8 @@ impl RlConfig {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Refuse settings that cannot run (zero sizes, rates out of range), naming the field.
+    pub fn validate(&self) -> Result<()> {
         let pos = [
             ("steps", self.steps),
             ("questions_per_step", self.questions_per_step),

@@ -1,0 +1,328 @@
+//! The one-command replication: cold-start KD, then PPO, GRPO and DGPO on the same code, then
+//! the evaluation of every model on the test split, over one or more seeds.
+//!
+//! Which model starts where follows the paper's Table 1: PPO and GRPO are Search-R1's recipes
+//! run directly on the base student; DGPO starts from the KD student (its cold start) and uses
+//! the teacher as the reference of its selective KL penalty. Every stage is cached in the
+//! experiment folder (`seed-<s>/kd/final`, `seed-<s>/<algo>/final`), so a rerun only does what
+//! is missing.
+//!
+//! Output in the experiment folder: `demo.md` (EM per model and data source, mean ± half-range
+//! over seeds, with the ARCap columns of the first seed), `demo.json` (everything),
+//! `curves.png` (reward and KL per algorithm, first seed) and each stage's own metrics.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use dgpo_core::eval::EvalReport;
+use dgpo_core::retrieve::Retriever;
+use dgpo_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::data::QaRow;
+use crate::evaluate::{EvalOptions, evaluate_models, write_report};
+use crate::model::{ModelOptions, TrainModel};
+use crate::phases::{KdConfig, run_kd};
+use crate::rl::{Algo, RlConfig, RlMetrics, read_metrics, train_rl};
+
+/// Settings of the whole run.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    /// Dataset folder (`train`/`test` questions and `corpus.jsonl`).
+    pub data_dir: PathBuf,
+    /// The base student (HF folder).
+    pub student: PathBuf,
+    /// The teacher (HF folder).
+    pub teacher: PathBuf,
+    /// Experiment folder.
+    pub exp_dir: PathBuf,
+    /// Seeds: the KD and RL stages run once per seed.
+    pub seeds: Vec<u64>,
+    /// The KD stage (its `train.seed` is replaced by each seed).
+    pub kd: KdConfig,
+    /// The RL stages (`algo` and `seed` are set per run).
+    pub rl: RlConfig,
+    /// Algorithms to run.
+    pub algos: Vec<Algo>,
+    /// Evaluation of every model.
+    pub eval: EvalOptions,
+}
+
+/// One model's EM on one data source, over seeds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cell {
+    /// EM per seed (one value for seed-independent models: base and teacher).
+    pub per_seed: Vec<f64>,
+    /// Mean.
+    pub mean: f64,
+    /// Half the range (max − min) / 2.
+    pub spread: f64,
+}
+
+impl Cell {
+    fn of(per_seed: Vec<f64>) -> Cell {
+        let n = per_seed.len().max(1) as f64;
+        let mean = per_seed.iter().sum::<f64>() / n;
+        let (lo, hi) = per_seed
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| {
+                (l.min(x), h.max(x))
+            });
+        let spread = if per_seed.is_empty() {
+            0.0
+        } else {
+            (hi - lo) / 2.0
+        };
+        Cell {
+            per_seed,
+            mean,
+            spread,
+        }
+    }
+}
+
+/// What the run produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DemoReport {
+    /// Model rows in table order: base, KD, PPO, GRPO, DGPO, teacher (those that ran).
+    pub models: Vec<String>,
+    /// Data sources (columns), then `all`.
+    pub sources: Vec<String>,
+    /// EM by model, then by source.
+    pub em: BTreeMap<String, BTreeMap<String, Cell>>,
+    /// Wall time of each stage, seconds, by `seed-<s>/<stage>`.
+    pub stage_secs: BTreeMap<String, f64>,
+    /// Wall time of the whole call.
+    pub total_secs: f64,
+    /// The first seed's full evaluation (ARCap included).
+    pub first_eval: EvalReport,
+}
+
+fn algo_name(a: Algo) -> &'static str {
+    match a {
+        Algo::Dgpo => "dgpo",
+        Algo::Ppo => "ppo",
+        Algo::Grpo => "grpo",
+    }
+}
+
+/// The display name of each row.
+fn row_name(stage: &str) -> String {
+    match stage {
+        "base" => "student (base)".into(),
+        "kd" => "student + KD".into(),
+        "ppo" => "student + PPO".into(),
+        "grpo" => "student + GRPO".into(),
+        "dgpo" => "student + KD + DGPO".into(),
+        "teacher" => "teacher".into(),
+        o => o.into(),
+    }
+}
+
+/// Run everything that is missing, evaluate, and write the report files.
+pub fn run_demo(
+    cfg: &DemoConfig,
+    train_qs: &[QaRow],
+    retriever: &dyn Retriever,
+) -> Result<DemoReport> {
+    let t0 = Instant::now();
+    if cfg.seeds.is_empty() {
+        return Err(Error::invalid("the demo needs at least one seed"));
+    }
+    std::fs::create_dir_all(&cfg.exp_dir).map_err(|e| Error::io(&cfg.exp_dir, e))?;
+    let mut stage_secs = BTreeMap::new();
+    let mut per_seed_models: Vec<Vec<(String, PathBuf)>> = Vec::new();
+    for &seed in &cfg.seeds {
+        let sdir = cfg.exp_dir.join(format!("seed-{seed}"));
+        let mut models = Vec::new();
+        // Cold start.
+        let kd_dir = sdir.join("kd");
+        let kd_final = kd_dir.join("final");
+        if !kd_final.join("config.json").exists() {
+            let t = Instant::now();
+            let mut kd = cfg.kd.clone();
+            kd.train.seed = seed;
+            tracing::info!(seed, "KD: the teacher answers the training questions");
+            run_kd(
+                &cfg.student,
+                &cfg.teacher,
+                train_qs,
+                retriever,
+                &kd_dir,
+                &kd,
+            )?;
+            stage_secs.insert(format!("seed-{seed}/kd"), t.elapsed().as_secs_f64());
+        }
+        models.push(("kd".to_string(), kd_final.clone()));
+        for &algo in &cfg.algos {
+            let name = algo_name(algo);
+            let dir = sdir.join(name);
+            let fin = dir.join("final");
+            if !fin.join("config.json").exists() {
+                let t = Instant::now();
+                let init = if algo == Algo::Dgpo {
+                    &kd_final
+                } else {
+                    &cfg.student
+                };
+                let student = TrainModel::load(init, &ModelOptions::default())?;
+                let teacher = if algo == Algo::Dgpo {
+                    Some(TrainModel::load(&cfg.teacher, &ModelOptions::default())?)
+                } else {
+                    None
+                };
+                let rl = RlConfig {
+                    algo,
+                    seed,
+                    group_size: if algo == Algo::Grpo {
+                        cfg.rl.group_size.max(2)
+                    } else {
+                        1
+                    },
+                    ..cfg.rl.clone()
+                };
+                // A run killed mid-way resumes from its newest checkpoint.
+                let resume = dir.join("checkpoints").is_dir();
+                tracing::info!(seed, algo = name, "RL");
+                train_rl(
+                    &student,
+                    teacher.as_ref(),
+                    train_qs,
+                    retriever,
+                    &rl,
+                    &dir,
+                    resume,
+                )?;
+                student.save(&fin)?;
+                stage_secs.insert(format!("seed-{seed}/{name}"), t.elapsed().as_secs_f64());
+            }
+            models.push((name.to_string(), fin));
+        }
+        per_seed_models.push(models);
+    }
+
+    // Evaluation: base and teacher once (greedy decoding does not depend on the seed), the
+    // trained models once per seed.
+    let order: Vec<String> = std::iter::once("base".to_string())
+        .chain(std::iter::once("kd".to_string()))
+        .chain(
+            ["ppo", "grpo", "dgpo"]
+                .into_iter()
+                .filter(|n| cfg.algos.iter().any(|&a| algo_name(a) == *n))
+                .map(String::from),
+        )
+        .chain(std::iter::once("teacher".to_string()))
+        .collect();
+    let mut em: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+    let mut sources: Vec<String> = Vec::new();
+    let mut first_eval = None;
+    for (i, models) in per_seed_models.iter().enumerate() {
+        let seed = cfg.seeds[i];
+        let mut list: Vec<(String, PathBuf)> = Vec::new();
+        if i == 0 {
+            list.push((row_name("base"), cfg.student.clone()));
+        }
+        for (n, p) in models {
+            list.push((row_name(n), p.clone()));
+        }
+        if i == 0 {
+            list.push((row_name("teacher"), cfg.teacher.clone()));
+        }
+        let t = Instant::now();
+        let report = evaluate_models(&list, &cfg.data_dir, "test", &cfg.eval)?;
+        stage_secs.insert(format!("seed-{seed}/eval"), t.elapsed().as_secs_f64());
+        write_report(&report, &cfg.exp_dir.join(format!("seed-{seed}")).join("eval"))?;
+        for m in &report.models {
+            let row = em.entry(m.name.clone()).or_default();
+            for (src, s) in &m.by_source {
+                if !sources.contains(src) {
+                    sources.push(src.clone());
+                }
+                row.entry(src.clone()).or_default().push(s.em);
+            }
+            row.entry("all".into()).or_default().push(m.overall.em);
+        }
+        if first_eval.is_none() {
+            first_eval = Some(report);
+        }
+    }
+    sources.sort();
+    sources.push("all".into());
+    let em: BTreeMap<String, BTreeMap<String, Cell>> = em
+        .into_iter()
+        .map(|(m, row)| (m, row.into_iter().map(|(s, v)| (s, Cell::of(v))).collect()))
+        .collect();
+    let report = DemoReport {
+        models: order.iter().map(|s| row_name(s)).collect(),
+        sources,
+        em,
+        stage_secs,
+        total_secs: t0.elapsed().as_secs_f64(),
+        first_eval: first_eval.expect("at least one seed"),
+    };
+    write_outputs(cfg, &report)?;
+    Ok(report)
+}
+
+/// The EM table, mean ± half-range over seeds.
+pub fn em_markdown(r: &DemoReport, seeds: usize) -> String {
+    let mut s = format!(
+        "EM on the test split ({seeds} seed{}; mean ± half-range; base and teacher are seed-independent)\n\n| model |",
+        if seeds == 1 { "" } else { "s" }
+    );
+    for src in &r.sources {
+        s += &format!(" {src} |");
+    }
+    s += "\n|---|";
+    for _ in &r.sources {
+        s += "---:|";
+    }
+    s += "\n";
+    for m in &r.models {
+        let Some(row) = r.em.get(m) else { continue };
+        s += &format!("| {m} |");
+        for src in &r.sources {
+            match row.get(src) {
+                Some(c) if c.per_seed.len() > 1 => {
+                    s += &format!(" {:.3} ± {:.3} |", c.mean, c.spread)
+                }
+                Some(c) => s += &format!(" {:.3} |", c.mean),
+                None => s += " - |",
+            }
+        }
+        s += "\n";
+    }
+    s
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+fn write_outputs(cfg: &DemoConfig, r: &DemoReport) -> Result<()> {
+    let mut md = em_markdown(r, cfg.seeds.len());
+    md += "\nARCap and cost, first seed:\n\n";
+    md += &dgpo_core::eval::markdown_table(&r.first_eval);
+    md += "\nStage wall times (s):\n\n";
+    for (k, v) in &r.stage_secs {
+        md += &format!("- {k}: {v:.0}\n");
+    }
+    md += &format!("- total: {:.0}\n", r.total_secs);
+    write_atomic(&cfg.exp_dir.join("demo.md"), md.as_bytes())?;
+    let json = serde_json::to_vec_pretty(r).expect("reports serialise");
+    write_atomic(&cfg.exp_dir.join("demo.json"), &json)?;
+    // Curves of the first seed: reward and KL per algorithm.
+    let sdir = cfg.exp_dir.join(format!("seed-{}", cfg.seeds[0]));
+    let mut curves: Vec<(String, Vec<RlMetrics>)> = Vec::new();
+    for &a in &cfg.algos {
+        let p = sdir.join(algo_name(a)).join("rl_metrics.jsonl");
+        if p.exists() {
+            curves.push((algo_name(a).to_string(), read_metrics(&p)?));
+        }
+    }
+    crate::plot::plot_curves(&curves, &cfg.exp_dir.join("curves.png"))?;
+    Ok(())
+}
