@@ -118,13 +118,14 @@ fn main() {
         .into_iter()
         .filter(|_| presets)
     {
-        bench(name, spec.shape.decoder(1024), 8, 128, 10);
+        bench(name, spec.shape.decoder(1024), 8, 128, 10, true);
         bench(
             &format!("{name} (seq 384)"),
             spec.shape.decoder(1024),
             4,
             384,
             5,
+            true,
         );
     }
     if std::env::var("BENCH_QWEN").as_deref() != Ok("0") {
