@@ -232,7 +232,10 @@ pub fn run_demo(
         let t = Instant::now();
         let report = evaluate_models(&list, &cfg.data_dir, "test", &cfg.eval)?;
         stage_secs.insert(format!("seed-{seed}/eval"), t.elapsed().as_secs_f64());
-        write_report(&report, &cfg.exp_dir.join(format!("seed-{seed}")).join("eval"))?;
+        write_report(
+            &report,
+            &cfg.exp_dir.join(format!("seed-{seed}")).join("eval"),
+        )?;
         for m in &report.models {
             let row = em.entry(m.name.clone()).or_default();
             for (src, s) in &m.by_source {

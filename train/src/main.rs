@@ -449,9 +449,21 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
                 let algo = *algos.first().context("--algos names no algorithm")?;
                 let s = train::TrainModel::load(&student_dir, &Default::default())?;
                 let t = train::TrainModel::load(&teacher_path, &Default::default())?;
-                let cfg = train::rl::RlConfig { algo, seed: cli.seed, ..rl };
+                let cfg = train::rl::RlConfig {
+                    algo,
+                    seed: cli.seed,
+                    ..rl
+                };
                 let teacher_ref = (algo == train::rl::Algo::Dgpo).then_some(&t);
-                train::rl::train_rl(&s, teacher_ref, &qs, retriever.as_ref(), &cfg, &exp_dir, cli.resume)?;
+                train::rl::train_rl(
+                    &s,
+                    teacher_ref,
+                    &qs,
+                    retriever.as_ref(),
+                    &cfg,
+                    &exp_dir,
+                    cli.resume,
+                )?;
                 let fin = exp_dir.join("final");
                 s.save(&fin)?;
                 tracing::info!(dir = %fin.display(), "RL done; final model saved");

@@ -404,3 +404,78 @@ fn dataset_row_without_answers_names_its_line() {
         "{err}"
     );
 }
+
+/// The one command (`--phase all`, the default) end to end on a tiny world with tiny presets:
+/// KD (SGO, so an untrained teacher still gives data), then PPO, GRPO and DGPO with their
+/// checkpoints and metrics, then every model evaluated; the report files exist and name every
+/// model. A second run finds every stage done and only evaluates again.
+#[test]
+fn demo_runs_kd_rl_and_evaluation_then_reuses_its_stages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tiny_synth(tmp.path());
+    let presets = tmp.path().join("presets.json");
+    std::fs::write(&presets, serde_json::to_string(&small_presets(0)).unwrap()).unwrap();
+    let demo = |exp: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_train"));
+        c.arg(&data)
+            .args(["tiny", "tiny-teacher", exp])
+            .args(["--kd-source", "sgo", "--sgo-rounds", "1", "--steps", "2"])
+            .args(["--max-questions", "3", "--micro-batch", "2"])
+            .args(["--rl-steps", "2", "--questions-per-step", "2"])
+            .args(["--rl-mini-batch", "2", "--group-size", "2"])
+            .args(["--eval-limit", "2", "--concurrency", "2"])
+            .env("EXP_ROOT", tmp.path().join("exp"))
+            .env("TRAIN_PRESETS", &presets)
+            .env("RUST_LOG", "warn");
+        c.output().unwrap()
+    };
+    let out = demo("demo");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exp = tmp.path().join("exp/demo");
+    for algo in ["ppo", "grpo", "dgpo"] {
+        let d = exp.join("seed-0").join(algo);
+        assert!(
+            d.join("final/config.json").exists(),
+            "{algo}: no final model"
+        );
+        let lines = std::fs::read_to_string(d.join("rl_metrics.jsonl")).unwrap();
+        assert_eq!(
+            lines.lines().count(),
+            2,
+            "{algo}: one metrics line per RL step"
+        );
+        assert!(d.join("checkpoints").is_dir(), "{algo}: no checkpoints");
+    }
+    assert!(exp.join("seed-0/kd/final/config.json").exists());
+    let md = std::fs::read_to_string(exp.join("demo.md")).unwrap();
+    for row in [
+        "student (base)",
+        "student + KD",
+        "student + PPO",
+        "student + GRPO",
+        "student + KD + DGPO",
+        "teacher",
+    ] {
+        assert!(md.contains(row), "{row} missing from demo.md:\n{md}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(exp.join("demo.json")).unwrap()).unwrap();
+    assert_eq!(json["models"].as_array().unwrap().len(), 6);
+    let png = std::fs::read(exp.join("curves.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    // The second run trains nothing: only the evaluation's stage time is recorded.
+    let out = demo("demo");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(exp.join("demo.json")).unwrap()).unwrap();
+    let stages: Vec<&String> = json["stage_secs"].as_object().unwrap().keys().collect();
+    assert_eq!(stages, ["seed-0/eval"], "stages rerun: {stages:?}");
+}
