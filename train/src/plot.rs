@@ -110,9 +110,12 @@ pub fn series(m: &[StepMetrics]) -> Vec<(&'static str, Vec<(f64, f64)>)> {
     out
 }
 
+/// One panel: coloured series of `(step, value)` points sharing its y range.
+type Panel = Vec<([u8; 3], Vec<(f64, f64)>)>;
+
 /// Render the metrics as stacked line plots into `path` (temporary file, then rename).
 pub fn plot_metrics(metrics: &[StepMetrics], path: &Path) -> Result<()> {
-    let panels: Vec<Vec<([u8; 3], Vec<(f64, f64)>)>> = series(metrics)
+    let panels: Vec<Panel> = series(metrics)
         .into_iter()
         .map(|(_, pts)| vec![(LINE, pts)])
         .collect();
@@ -152,7 +155,7 @@ pub fn plot_curves(runs: &[(String, Vec<crate::rl::RlMetrics>)], path: &Path) ->
 }
 
 /// One panel per entry, each holding coloured series over a shared range.
-fn write_panels(panels: &[Vec<([u8; 3], Vec<(f64, f64)>)>], path: &Path) -> Result<()> {
+fn write_panels(panels: &[Panel], path: &Path) -> Result<()> {
     let mut c = Canvas::new(W, PANEL_H * panels.len().max(1));
     for (k, lines) in panels.iter().enumerate() {
         let top = k * PANEL_H;
