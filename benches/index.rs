@@ -180,7 +180,12 @@ fn faiss_peer(
     })
 }
 
-fn bench_set(set: &str, vectors: &[Vec<f32>], queries: &[Vec<f32>], methods: &[String]) -> Vec<Row> {
+fn bench_set(
+    set: &str,
+    vectors: &[Vec<f32>],
+    queries: &[Vec<f32>],
+    methods: &[String],
+) -> Vec<Row> {
     let dim = vectors[0].len();
     let nq = queries.len();
     println!("{set}: {} vectors, {nq} queries, {dim}-d", vectors.len());
