@@ -1,9 +1,23 @@
-//! Decode and prefill speed of the model backends on a Qwen2.5-0.5B-shaped GGUF.
+//! Decode and prefill speed of the model backends on Qwen2.5-0.5B-shaped GGUFs, and the whole
+//! time budget of an agent question.
 //!
-//! Uses the real Qwen2.5 Q4_K_M file when `scripts/fetch-artifacts.sh` has fetched it (or the
-//! file named by `DGPO_BENCH_MODEL`), otherwise writes a random-weight file of the exact shape
-//! (speed does not depend on weight values). `DGPO_BENCH_QUICK=1` runs a few tokens only (CI).
-//! Prints a markdown table and writes `target/bench/speed.json`.
+//! Models, in Q4_K_M and Q8_0: the real Qwen2.5 Q4_K_M file when `scripts/fetch-artifacts.sh`
+//! has fetched it (and a Q8_0 file requantised from it: same weights, other kernels), otherwise
+//! random-weight files of the exact shape (speed does not depend on weight values; llama.cpp
+//! needs the tokenizer only the real file carries, so random files run on candle alone).
+//! `DGPO_BENCH_MODEL=file.gguf` benchmarks one given file instead.
+//!
+//! Measured in one run, so machine noise hits every row alike: prefill (512-token prompt) and
+//! decode tokens/s per backend, the streaming-read memory bandwidth and each backend's share of
+//! the decode limit it implies, an agent question with 3 searches with KV reuse versus
+//! re-encoding every turn, the instruction prefix cache (the fixed instruction prefilled once,
+//! each question continuing from its KV state), and retrieval latency (query embedding plus ANN
+//! search and passage fetch) on an index: `DGPO_BENCH_INDEX=DIR` (e.g. the MiniLM index of the
+//! Wikipedia summaries), else a hash-embedder hannoy index of synthetic passages built once
+//! under `target/bench/`.
+//!
+//! `DGPO_BENCH_QUICK=1` runs a few tokens only (CI: the harness cannot rot). Prints a markdown
+//! table and writes `target/bench/speed.json` and `target/bench/speed.md`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,38 +27,130 @@ use dgpo::candle_core::quantized::{GgmlDType, QTensor};
 use dgpo::candle_core::{Device, Tensor};
 use dgpo::model::gguf::GgufFile;
 use dgpo::model::{Decoder, KvCache};
+use dgpo::retrieve::Retriever;
 
+/// One benchmarked file.
+struct Model {
+    /// `Q4_K_M` or `Q8_0`.
+    quant: &'static str,
+    path: PathBuf,
+}
+
+/// Prefill and decode speed of one backend on one file.
 struct Row {
+    quant: &'static str,
     backend: &'static str,
     prefill_tok_s: f64,
     decode_tok_s: f64,
+    model_gb: f64,
 }
 
-fn model_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("DGPO_BENCH_MODEL") {
-        return PathBuf::from(p);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let art = std::env::var_os("DGPO_ARTIFACTS")
+fn artifacts() -> PathBuf {
+    std::env::var_os("DGPO_ARTIFACTS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".cache/artifacts"));
-    let real = art.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
-    if real.exists() {
-        return real;
-    }
-    let synth = root.join("target/bench/random-qwen2.5-0.5b-q4_k.gguf");
-    if !synth.exists() {
-        eprintln!(
-            "writing a random-weight Qwen2.5-0.5B-shaped GGUF to {}",
-            synth.display()
-        );
-        write_random_qwen(&synth, 24).expect("write synthetic model");
-    }
-    synth
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/artifacts"))
 }
 
-/// A Qwen2.5-0.5B-shaped file with random Q4_K weights (no tokenizer: candle only).
-fn write_random_qwen(path: &Path, layers: usize) -> dgpo::Result<()> {
+fn bench_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench")
+}
+
+/// The files to benchmark, Q4_K_M first.
+fn models() -> Vec<Model> {
+    if let Some(p) = std::env::var_os("DGPO_BENCH_MODEL") {
+        return vec![Model {
+            quant: "given",
+            path: PathBuf::from(p),
+        }];
+    }
+    let real = artifacts().join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    if real.exists() {
+        let q8 = bench_dir().join("qwen2.5-coder-0.5b-instruct-q8_0-requantized.gguf");
+        if !q8.exists() {
+            eprintln!(
+                "requantising {} to Q8_0 at {}",
+                real.display(),
+                q8.display()
+            );
+            requantize_q8_0(&real, &q8).expect("requantise the real model");
+        }
+        return vec![
+            Model {
+                quant: "Q4_K_M",
+                path: real,
+            },
+            Model {
+                quant: "Q8_0",
+                path: q8,
+            },
+        ];
+    }
+    [("Q4_K_M", false), ("Q8_0", true)]
+        .into_iter()
+        .map(|(quant, q8)| {
+            let path =
+                bench_dir().join(format!("random-qwen2.5-0.5b-{}.gguf", quant.to_lowercase()));
+            if !path.exists() {
+                eprintln!(
+                    "writing a random-weight Qwen2.5-0.5B-shaped {quant} GGUF to {}",
+                    path.display()
+                );
+                write_random_qwen(&path, 24, q8).expect("write synthetic model");
+            }
+            Model { quant, path }
+        })
+        .collect()
+}
+
+/// Write `dst`: `src` with every quantised tensor requantised to Q8_0 (metadata, tokenizer and
+/// F32 tensors kept), atomically.
+fn requantize_q8_0(src: &Path, dst: &Path) -> dgpo::Result<()> {
+    let dev = Device::Cpu;
+    let mut f = std::fs::File::open(src).map_err(|e| dgpo::Error::io(src, e))?;
+    let content = gguf_file::Content::read(&mut f)?;
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in names {
+        let t = content.tensor(&mut f, name, &dev)?;
+        let t = if t.dtype() == GgmlDType::F32 {
+            t
+        } else {
+            QTensor::quantize(&t.dequantize(&dev)?, GgmlDType::Q8_0)?
+        };
+        tensors.push((name.clone(), t));
+    }
+    let mut md: Vec<(String, Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    // llama.cpp's LLAMA_FTYPE_MOSTLY_Q8_0 (informational: loaders read each tensor's type).
+    for (k, v) in &mut md {
+        if k == "general.file_type" {
+            *v = Value::U32(7);
+        }
+    }
+    write_gguf(dst, &md, &tensors)
+}
+
+fn write_gguf(path: &Path, md: &[(String, Value)], ts: &[(String, QTensor)]) -> dgpo::Result<()> {
+    std::fs::create_dir_all(path.parent().unwrap()).map_err(|e| dgpo::Error::io(path, e))?;
+    let tmp = path.with_extension("tmp");
+    let mut w =
+        std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| dgpo::Error::io(&tmp, e))?);
+    gguf_file::write(
+        &mut w,
+        &md.iter().map(|(k, v)| (k.as_str(), v)).collect::<Vec<_>>(),
+        &ts.iter().map(|(k, v)| (k.as_str(), v)).collect::<Vec<_>>(),
+    )?;
+    drop(w);
+    std::fs::rename(&tmp, path).map_err(|e| dgpo::Error::io(path, e))
+}
+
+/// A Qwen2.5-0.5B-shaped file with random weights (no tokenizer: candle only), in the tensor
+/// types of llama.cpp's Q4_K_M recipe, or all Q8_0 when `q8` is set.
+fn write_random_qwen(path: &Path, layers: usize, q8: bool) -> dgpo::Result<()> {
     let dev = Device::Cpu;
     let (v, h, f, nh, nkv) = (151_936usize, 896usize, 4864usize, 14usize, 2usize);
     let hd = h / nh;
@@ -53,6 +159,7 @@ fn write_random_qwen(path: &Path, layers: usize) -> dgpo::Result<()> {
         // Rows of 896 are not a multiple of the 256-wide k-quant blocks: llama.cpp's Q4_K_M
         // falls back to Q5_0 / Q8_0 for those tensors, as the real file does.
         let dt = match dt {
+            _ if q8 => GgmlDType::Q8_0,
             GgmlDType::Q4K if !shape.1.is_multiple_of(256) => GgmlDType::Q5_0,
             GgmlDType::Q6K if !shape.1.is_multiple_of(256) => GgmlDType::Q8_0,
             d => d,
@@ -85,102 +192,323 @@ fn write_random_qwen(path: &Path, layers: usize) -> dgpo::Result<()> {
         ts.push((p("ffn_up.weight"), q((f, h), GgmlDType::Q4K)?));
         ts.push((p("ffn_down.weight"), q((h, f), GgmlDType::Q6K)?));
     }
-    let md: Vec<(&str, Value)> = vec![
-        ("general.architecture", Value::String("qwen2".into())),
-        ("qwen2.block_count", Value::U32(layers as u32)),
-        ("qwen2.context_length", Value::U32(32768)),
-        ("qwen2.embedding_length", Value::U32(h as u32)),
-        ("qwen2.feed_forward_length", Value::U32(f as u32)),
-        ("qwen2.attention.head_count", Value::U32(nh as u32)),
-        ("qwen2.attention.head_count_kv", Value::U32(nkv as u32)),
-        ("qwen2.rope.freq_base", Value::F32(1e6)),
-        ("qwen2.attention.layer_norm_rms_epsilon", Value::F32(1e-6)),
+    let md: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String("qwen2".into())),
+        ("qwen2.block_count".into(), Value::U32(layers as u32)),
+        ("qwen2.context_length".into(), Value::U32(32768)),
+        ("qwen2.embedding_length".into(), Value::U32(h as u32)),
+        ("qwen2.feed_forward_length".into(), Value::U32(f as u32)),
+        ("qwen2.attention.head_count".into(), Value::U32(nh as u32)),
+        (
+            "qwen2.attention.head_count_kv".into(),
+            Value::U32(nkv as u32),
+        ),
+        ("qwen2.rope.freq_base".into(), Value::F32(1e6)),
+        (
+            "qwen2.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(1e-6),
+        ),
     ];
-    std::fs::create_dir_all(path.parent().unwrap()).map_err(|e| dgpo::Error::io(path, e))?;
-    let tmp = path.with_extension("tmp");
-    let mut w =
-        std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| dgpo::Error::io(&tmp, e))?);
-    gguf_file::write(
-        &mut w,
-        &md.iter().map(|(k, v)| (*k, v)).collect::<Vec<_>>(),
-        &ts.iter().map(|(k, v)| (k.as_str(), v)).collect::<Vec<_>>(),
-    )?;
-    drop(w);
-    std::fs::rename(&tmp, path).map_err(|e| dgpo::Error::io(path, e))
+    write_gguf(path, &md, &ts)
 }
 
-fn bench_candle(path: &Path, prompt: &[u32], decode: usize) -> Row {
-    let dev = Device::Cpu;
-    let dec: Decoder = GgufFile::open(path)
-        .unwrap()
-        .load_decoder(&dev, Some(4096))
-        .unwrap();
-    let ids = |t: &[u32]| Tensor::new(t, &dev).unwrap().unsqueeze(0).unwrap();
-    // Warm-up (allocations, thread pool).
-    let mut c = KvCache::new();
-    dec.forward_last(&ids(&prompt[..8]), Some(&mut c)).unwrap();
-    let mut cache = KvCache::new();
-    let t = Instant::now();
-    let logits = dec.forward_last(&ids(prompt), Some(&mut cache)).unwrap();
-    let prefill = prompt.len() as f64 / t.elapsed().as_secs_f64();
-    let mut next = dgpo::sampling::argmax(&logits.squeeze(0).unwrap().to_vec1::<f32>().unwrap());
-    let t = Instant::now();
-    for _ in 0..decode {
-        let l = dec.forward_last(&ids(&[next]), Some(&mut cache)).unwrap();
-        next = dgpo::sampling::argmax(&l.squeeze(0).unwrap().to_vec1::<f32>().unwrap());
+fn threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+/// Token ids spread over Qwen's ordinary-token range (no special tokens), distinct per `salt`.
+fn ids(n: usize, salt: u32) -> Vec<u32> {
+    (0..n as u32)
+        .map(|i| 1000 + (i * 7919 + salt * 104_729) % 100_000)
+        .collect()
+}
+
+/// The operations the timings need, on either backend.
+trait Bench {
+    /// A sequence's KV state.
+    type State<'a>
+    where
+        Self: 'a;
+    fn fresh(&self) -> Self::State<'_>;
+    /// Append `tokens`; return the greedy next token.
+    fn feed(&self, s: &mut Self::State<'_>, tokens: &[u32]) -> u32;
+    /// Keep the first `len` tokens.
+    fn truncate(&self, s: &mut Self::State<'_>, len: usize);
+}
+
+struct CandleBench(Decoder);
+
+impl Bench for CandleBench {
+    type State<'a> = KvCache;
+    fn fresh(&self) -> KvCache {
+        KvCache::new()
     }
-    let dec_s = decode as f64 / t.elapsed().as_secs_f64();
-    Row {
-        backend: "candle",
-        prefill_tok_s: prefill,
-        decode_tok_s: dec_s,
+    fn feed(&self, s: &mut KvCache, tokens: &[u32]) -> u32 {
+        let t = Tensor::new(tokens, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let l = self.0.forward_last(&t, Some(s)).unwrap();
+        dgpo::sampling::argmax(&l.squeeze(0).unwrap().to_vec1::<f32>().unwrap())
+    }
+    fn truncate(&self, s: &mut KvCache, len: usize) {
+        s.truncate(len)
     }
 }
 
 #[cfg(feature = "llama")]
-fn bench_llama(path: &Path, prompt: &[u32], decode: usize) -> Option<Row> {
-    use dgpo::model::{LanguageModel, LoadOptions};
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
-    let m = match dgpo::llama::LlamaModel::load(
+struct LlamaBench(dgpo::llama::LlamaModel);
+
+#[cfg(feature = "llama")]
+impl Bench for LlamaBench {
+    type State<'a> = Box<dyn dgpo::model::Session + 'a>;
+    fn fresh(&self) -> Self::State<'_> {
+        use dgpo::model::LanguageModel;
+        self.0.new_session().unwrap()
+    }
+    fn feed(&self, s: &mut Self::State<'_>, tokens: &[u32]) -> u32 {
+        dgpo::sampling::argmax(&s.feed(tokens).unwrap())
+    }
+    fn truncate(&self, s: &mut Self::State<'_>, len: usize) {
+        s.truncate(len).unwrap()
+    }
+}
+
+#[cfg(feature = "llama")]
+fn load_llama(path: &Path) -> Option<LlamaBench> {
+    use dgpo::model::LoadOptions;
+    match dgpo::llama::LlamaModel::load(
         path,
         &LoadOptions {
-            threads: Some(threads),
+            threads: Some(threads()),
             max_context: Some(4096),
             ..Default::default()
         },
     ) {
-        Ok(m) => m,
+        Ok(m) => Some(LlamaBench(m)),
         Err(e) => {
-            eprintln!("llama.cpp skipped: {e}");
+            eprintln!("llama.cpp skipped for {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// Prefill tokens/s of `prompt` and greedy decode tokens/s over `decode` tokens.
+fn speed<B: Bench>(b: &B, prompt: &[u32], decode: usize) -> (f64, f64) {
+    // Warm-up: allocations, thread pool.
+    let mut w = b.fresh();
+    b.feed(&mut w, &prompt[..prompt.len().min(8)]);
+    drop(w);
+    let mut s = b.fresh();
+    let t = Instant::now();
+    let mut next = b.feed(&mut s, prompt);
+    let prefill = prompt.len() as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for _ in 0..decode {
+        next = b.feed(&mut s, &[next]);
+    }
+    (prefill, decode as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Token counts of the replayed agent question.
+#[derive(Clone, Copy)]
+struct Shape {
+    prompt: usize,
+    generated: usize,
+    observation: usize,
+    answer: usize,
+}
+
+/// One agent question with 3 searches, replayed on the model: prompt, then 3 x (generated
+/// turn + information block), then the answer. With KV reuse only new tokens are prefilled; the
+/// Python reference re-encodes the whole text every turn. Returns (reuse_s, reencode_s).
+fn agent_question<B: Bench>(b: &B, q: Shape) -> (f64, f64) {
+    let segments = [
+        (q.prompt, q.generated),
+        (q.observation, q.generated),
+        (q.observation, q.generated),
+        (q.observation, q.answer),
+    ];
+    // KV reuse: one state for the whole question.
+    let t = Instant::now();
+    let mut s = b.fresh();
+    for (k, &(pre, g)) in segments.iter().enumerate() {
+        let mut next = b.feed(&mut s, &ids(pre, k as u32));
+        for _ in 0..g {
+            next = b.feed(&mut s, &[next]);
+        }
+    }
+    let reuse = t.elapsed().as_secs_f64();
+    drop(s);
+    // Re-encode the whole text every turn.
+    let t = Instant::now();
+    let mut text: Vec<u32> = Vec::new();
+    for (k, &(pre, g)) in segments.iter().enumerate() {
+        text.extend(ids(pre, k as u32));
+        let mut s = b.fresh();
+        let mut next = b.feed(&mut s, &text);
+        for _ in 0..g {
+            text.push(next);
+            next = b.feed(&mut s, &[next]);
+        }
+    }
+    (reuse, t.elapsed().as_secs_f64())
+}
+
+/// The prefix cache: `questions` prompts that share a `prefix`-token instruction, each either
+/// prefilled whole (cold) or continued from the instruction's KV state, prefilled once and
+/// rewound to after every question (warm). Returns (cold_s, warm_s, prefix_s) per question.
+fn prefix_cache<B: Bench>(
+    b: &B,
+    prefix: usize,
+    question: usize,
+    questions: usize,
+) -> (f64, f64, f64) {
+    let pre = ids(prefix, 7);
+    let qs: Vec<Vec<u32>> = (0..questions)
+        .map(|k| ids(question, 100 + k as u32))
+        .collect();
+    let t = Instant::now();
+    for q in &qs {
+        let mut s = b.fresh();
+        let mut all = pre.clone();
+        all.extend(q);
+        b.feed(&mut s, &all);
+    }
+    let cold = t.elapsed().as_secs_f64() / questions as f64;
+    let mut s = b.fresh();
+    let t = Instant::now();
+    b.feed(&mut s, &pre);
+    let once = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for q in &qs {
+        b.truncate(&mut s, prefix);
+        b.feed(&mut s, q);
+    }
+    (cold, t.elapsed().as_secs_f64() / questions as f64, once)
+}
+
+/// Retrieval latency of one search (top 3).
+struct Retrieval {
+    index: String,
+    passages: u64,
+    embed_ms: f64,
+    search_ms: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A hash-embedder index of `n` synthetic passages, built once under `target/bench/`.
+fn synthetic_index(n: usize) -> dgpo::Result<PathBuf> {
+    let dir = bench_dir().join(format!("speed-index-{n}"));
+    if dir.exists() && dgpo::index::inspect(&dir).is_ok_and(|m| m.is_complete()) {
+        return Ok(dir);
+    }
+    const WORDS: &[&str] = &[
+        "river", "city", "king", "war", "music", "film", "river", "church", "company", "born",
+        "league", "album", "island", "county", "station", "school", "party", "species", "team",
+        "novel", "bridge", "empire", "festival", "museum", "railway", "temple", "mountain",
+        "village", "season", "award", "province", "language",
+    ];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let corpus = bench_dir().join(format!("speed-corpus-{n}.jsonl"));
+    let mut lines = String::new();
+    for i in 0..n {
+        let text: Vec<&str> = (0..40)
+            .map(|_| WORDS[(next() % WORDS.len() as u64) as usize])
+            .collect();
+        lines.push_str(
+            &serde_json::json!({"id": i.to_string(), "title": format!("Passage {i}"), "text": text.join(" ")})
+                .to_string(),
+        );
+        lines.push('\n');
+    }
+    std::fs::create_dir_all(bench_dir()).map_err(|e| dgpo::Error::io(bench_dir(), e))?;
+    std::fs::write(&corpus, lines).map_err(|e| dgpo::Error::io(&corpus, e))?;
+    eprintln!(
+        "building a hash-embedder index of {n} synthetic passages at {}",
+        dir.display()
+    );
+    dgpo::index::build(&dgpo::index::BuildOptions::new(
+        &corpus,
+        &dir,
+        dgpo::embed::parse_spec("hash")?,
+    ))?;
+    Ok(dir)
+}
+
+fn retrieval(quick: bool) -> Option<Retrieval> {
+    let dir = match std::env::var_os("DGPO_BENCH_INDEX") {
+        Some(d) => PathBuf::from(d),
+        None => match synthetic_index(if quick { 300 } else { 10_000 }) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("retrieval skipped: {e}");
+                return None;
+            }
+        },
+    };
+    let idx = match dgpo::index::Index::open(&dir) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("retrieval skipped: {e}");
             return None;
         }
     };
-    let mut w = m.new_session().unwrap();
-    w.feed(&prompt[..8]).unwrap();
-    let mut s = m.new_session().unwrap();
-    let t = Instant::now();
-    let logits = s.feed(prompt).unwrap();
-    let prefill = prompt.len() as f64 / t.elapsed().as_secs_f64();
-    let mut next = dgpo::sampling::argmax(&logits);
-    let t = Instant::now();
-    for _ in 0..decode {
-        next = dgpo::sampling::argmax(&s.feed(&[next]).unwrap());
+    let queries = [
+        "Where is the headquarters of Apple?",
+        "who wrote the novel about the island festival",
+        "capital city of the northern province",
+        "which team won the league season award",
+        "river bridge railway station village",
+        "When was the museum in the mountain temple built?",
+        "language spoken in the empire",
+        "film album music company",
+    ];
+    // Warm-up (pages of the index, embedder buffers).
+    for q in &queries {
+        idx.search(q, 3).ok()?;
     }
-    Some(Row {
-        backend: "llama.cpp",
-        prefill_tok_s: prefill,
-        decode_tok_s: decode as f64 / t.elapsed().as_secs_f64(),
+    let mut embed = Vec::new();
+    let mut search = Vec::new();
+    for _ in 0..if quick { 1 } else { 5 } {
+        for q in &queries {
+            let t = Instant::now();
+            idx.embedder().embed(&[q], dgpo::embed::Role::Query).ok()?;
+            embed.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            idx.search(q, 3).ok()?;
+            search.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Some(Retrieval {
+        index: format!(
+            "{} ({:?}, embedder {})",
+            dir.display(),
+            idx.meta().backend,
+            idx.meta().embedder_id
+        ),
+        passages: idx.len(),
+        embed_ms: median(embed),
+        search_ms: median(search),
     })
 }
 
 /// Streaming-read bandwidth of this machine (GB/s) over a buffer far larger than the caches,
 /// with one reader per core: the ceiling for decode, which reads every weight once per token.
 fn memory_bandwidth_gbs() -> f64 {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+    let threads = threads();
     let words = (1usize << 30) / 8; // 1 GiB
     let buf: Vec<u64> = (0..words as u64).collect();
     let chunk = words / threads;
@@ -202,123 +530,262 @@ fn memory_bandwidth_gbs() -> f64 {
     best
 }
 
-/// One agent question with 3 searches, replayed on the model: prompt, then 3 x (generated
-/// turn + information block), then the answer. With KV reuse only new tokens are prefilled; the
-/// Python reference re-encodes the whole text every turn. Returns (reuse_s, reencode_s).
-fn agent_question(
-    dec: &Decoder,
-    prompt: usize,
-    generated: usize,
-    obs: usize,
-    answer: usize,
-) -> (f64, f64) {
-    let dev = Device::Cpu;
-    let ids = |n: usize, salt: u32| -> Tensor {
-        let v: Vec<u32> = (0..n as u32)
-            .map(|i| 1000 + (i * 7919 + salt * 104_729) % 100_000)
-            .collect();
-        Tensor::new(v.as_slice(), &dev)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap()
-    };
-    let decode = |cache: &mut KvCache, n: usize| {
-        for i in 0..n {
-            dec.forward_last(&ids(1, i as u32), Some(cache)).unwrap();
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Everything measured on one backend of the first (Q4_K_M) file.
+struct Agent {
+    backend: &'static str,
+    reuse_s: f64,
+    reencode_s: f64,
+    prefix_cold_s: f64,
+    prefix_warm_s: f64,
+    prefix_once_s: f64,
+}
+
+fn run_backend<B: Bench>(
+    b: &B,
+    backend: &'static str,
+    m: &Model,
+    first: bool,
+    quick: bool,
+    rows: &mut Vec<Row>,
+    agents: &mut Vec<Agent>,
+) {
+    let (n_prompt, n_decode) = if quick { (16, 4) } else { (512, 64) };
+    let (prefill, decode) = speed(b, &ids(n_prompt, 0), n_decode);
+    rows.push(Row {
+        quant: m.quant,
+        backend,
+        prefill_tok_s: prefill,
+        decode_tok_s: decode,
+        model_gb: std::fs::metadata(&m.path)
+            .map(|x| x.len() as f64 / 1e9)
+            .unwrap_or(0.0),
+    });
+    if first {
+        let (reuse_s, reencode_s) = agent_question(b, agent_shape(quick));
+        let (p, q, n) = prefix_shape(quick);
+        let (prefix_cold_s, prefix_warm_s, prefix_once_s) = prefix_cache(b, p, q, n);
+        agents.push(Agent {
+            backend,
+            reuse_s,
+            reencode_s,
+            prefix_cold_s,
+            prefix_warm_s,
+            prefix_once_s,
+        });
+    }
+}
+
+/// A question with 3 searches as the real Qwen tokenizer counts it: ~300 prompt tokens (chat
+/// template, instruction, question), 3 information blocks of 3 passages (~250 tokens each),
+/// ~40 generated tokens per turn and a short answer: ~1,150 prefilled, ~150 decoded.
+fn agent_shape(quick: bool) -> Shape {
+    if quick {
+        Shape {
+            prompt: 24,
+            generated: 2,
+            observation: 16,
+            answer: 2,
         }
-    };
-    let segments: Vec<(usize, usize)> = vec![
-        (prompt, generated),
-        (obs, generated),
-        (obs, generated),
-        (obs, answer),
-    ];
-    // KV reuse.
-    let t = Instant::now();
-    let mut cache = KvCache::new();
-    for (k, &(pre, g)) in segments.iter().enumerate() {
-        dec.forward_last(&ids(pre, k as u32), Some(&mut cache))
-            .unwrap();
-        decode(&mut cache, g);
+    } else {
+        Shape {
+            prompt: 300,
+            generated: 40,
+            observation: 250,
+            answer: 30,
+        }
     }
-    let reuse = t.elapsed().as_secs_f64();
-    // Re-encode the whole context every turn.
-    let t = Instant::now();
-    let mut context = 0;
-    for (k, &(pre, g)) in segments.iter().enumerate() {
-        context += pre;
-        let mut cache = KvCache::new();
-        dec.forward_last(&ids(context, k as u32), Some(&mut cache))
-            .unwrap();
-        decode(&mut cache, g);
-        context += g;
-    }
-    (reuse, t.elapsed().as_secs_f64())
+}
+
+/// (instruction prefix, question, questions): the Search-R1 instruction in Qwen's chat
+/// template is ~190 tokens, a question ~20.
+fn prefix_shape(quick: bool) -> (usize, usize, usize) {
+    if quick { (24, 4, 2) } else { (190, 20, 8) }
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     let quick = std::env::var_os("DGPO_BENCH_QUICK").is_some();
-    let (n_prompt, n_decode) = if quick { (16, 4) } else { (512, 64) };
-    let path = model_path();
-    // Ids spread over the ordinary-token range (no special tokens).
-    let prompt: Vec<u32> = (0..n_prompt as u32)
-        .map(|i| 1000 + (i * 7919) % 100_000)
-        .collect();
-    #[allow(unused_mut)]
-    let mut rows = vec![bench_candle(&path, &prompt, n_decode)];
-    #[cfg(feature = "llama")]
-    rows.extend(bench_llama(&path, &prompt, n_decode));
-    let bw = memory_bandwidth_gbs();
-    let model_gb = std::fs::metadata(&path)
-        .map(|m| m.len() as f64 / 1e9)
-        .unwrap_or(0.0);
-    let limit = bw / model_gb;
-    let dec: Decoder = GgufFile::open(&path)
-        .unwrap()
-        .load_decoder(&Device::Cpu, Some(4096))
-        .unwrap();
-    let (p, g, o, a) = if quick {
-        (24, 2, 16, 2)
-    } else {
-        (300, 40, 250, 30)
-    };
-    let (reuse, reencode) = agent_question(&dec, p, g, o, a);
-    println!(
-        "\nmodel: {}  prompt {} tokens, decode {} tokens, threads {}",
-        path.display(),
-        n_prompt,
-        n_decode,
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    );
-    println!("| backend | prefill tok/s | decode tok/s |\n| --- | ---: | ---: |");
-    for r in &rows {
-        println!(
-            "| {} | {:.1} | {:.1} ({:.0}% of the bandwidth limit) |",
-            r.backend,
-            r.prefill_tok_s,
-            r.decode_tok_s,
-            100.0 * r.decode_tok_s / limit
-        );
+    let models = models();
+    let mut rows = Vec::new();
+    let mut agents = Vec::new();
+    for (i, m) in models.iter().enumerate() {
+        {
+            let dec: Decoder = GgufFile::open(&m.path)
+                .unwrap()
+                .load_decoder(&Device::Cpu, Some(4096))
+                .unwrap();
+            run_backend(
+                &CandleBench(dec),
+                "candle",
+                m,
+                i == 0,
+                quick,
+                &mut rows,
+                &mut agents,
+            );
+        }
+        #[cfg(feature = "llama")]
+        if let Some(b) = load_llama(&m.path) {
+            run_backend(&b, "llama.cpp", m, i == 0, quick, &mut rows, &mut agents);
+        }
     }
-    println!(
-        "\nmemory bandwidth {bw:.1} GB/s, weights {model_gb:.3} GB -> decode limit {limit:.1} tok/s"
-    );
-    println!(
-        "agent question (prompt {p}, 3 x ({g} generated + {o} observation), answer {a}) on candle: KV reuse {reuse:.2} s, re-encoding every turn {reencode:.2} s ({:.2}x)",
-        reencode / reuse
-    );
-    let mut json: Vec<_> = rows
-        .iter()
-        .map(|r| serde_json::json!({"backend": r.backend, "prefill_tok_s": r.prefill_tok_s, "decode_tok_s": r.decode_tok_s, "prompt_tokens": n_prompt, "decode_tokens": n_decode, "model": path.display().to_string()}))
-        .collect();
-    json.push(serde_json::json!({"memory_bandwidth_gbs": bw, "model_gb": model_gb, "decode_limit_tok_s": limit, "agent_kv_reuse_s": reuse, "agent_reencode_s": reencode}));
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    let bw = memory_bandwidth_gbs();
+    let ret = retrieval(quick);
+    let md = report(&models, &rows, &agents, bw, ret.as_ref(), quick);
+    println!("\n{md}");
+
+    let mut json = serde_json::json!({
+        "cpu": cpu_name(),
+        "threads": threads(),
+        "quick": quick,
+        "memory_bandwidth_gbs": bw,
+        "models": models.iter().map(|m| serde_json::json!({"quant": m.quant, "path": m.path.display().to_string()})).collect::<Vec<_>>(),
+        "rows": rows.iter().map(|r| serde_json::json!({
+            "quant": r.quant, "backend": r.backend, "prefill_tok_s": r.prefill_tok_s,
+            "decode_tok_s": r.decode_tok_s, "model_gb": r.model_gb,
+            "decode_limit_tok_s": bw / r.model_gb,
+        })).collect::<Vec<_>>(),
+        "agent": agents.iter().map(|a| serde_json::json!({
+            "backend": a.backend, "kv_reuse_s": a.reuse_s, "reencode_s": a.reencode_s,
+            "prefix_cold_s": a.prefix_cold_s, "prefix_warm_s": a.prefix_warm_s,
+            "prefix_once_s": a.prefix_once_s,
+        })).collect::<Vec<_>>(),
+    });
+    if let Some(r) = &ret {
+        json["retrieval"] = serde_json::json!({"index": r.index, "passages": r.passages, "embed_ms_p50": r.embed_ms, "search_ms_p50": r.search_ms});
+    }
+    let out = bench_dir();
     let _ = std::fs::create_dir_all(&out);
     let _ = std::fs::write(
         out.join("speed.json"),
         serde_json::to_string_pretty(&json).unwrap(),
     );
+    let _ = std::fs::write(out.join("speed.md"), md);
+}
+
+/// The markdown report.
+fn report(
+    models: &[Model],
+    rows: &[Row],
+    agents: &[Agent],
+    bw: f64,
+    ret: Option<&Retrieval>,
+    quick: bool,
+) -> String {
+    use std::fmt::Write;
+    let (n_prompt, n_decode) = if quick { (16, 4) } else { (512, 64) };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Machine: {}, {} threads for both backends; memory bandwidth {bw:.1} GB/s (streaming read, same run).{}",
+        cpu_name(),
+        threads(),
+        if quick {
+            " QUICK MODE: a few tokens only, not a measurement."
+        } else {
+            ""
+        }
+    );
+    for m in models {
+        let _ = writeln!(s, "- {}: `{}`", m.quant, m.path.display());
+    }
+    let _ = writeln!(
+        s,
+        "\n| quant | backend | prefill tok/s ({n_prompt}-token prompt) | decode tok/s ({n_decode} tokens) | decode / bandwidth limit | vs llama.cpp (prefill, decode) |\n|---|---|---:|---:|---:|---:|"
+    );
+    for r in rows {
+        let limit = bw / r.model_gb;
+        let peer = rows
+            .iter()
+            .find(|p| p.quant == r.quant && p.backend == "llama.cpp");
+        let vs = match peer {
+            Some(p) if r.backend != "llama.cpp" => format!(
+                "{:.2}x, {:.2}x",
+                r.prefill_tok_s / p.prefill_tok_s,
+                r.decode_tok_s / p.decode_tok_s
+            ),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} | {:.1} | {:.0}% of {:.0} tok/s ({:.3} GB) | {vs} |",
+            r.quant,
+            r.backend,
+            r.prefill_tok_s,
+            r.decode_tok_s,
+            100.0 * r.decode_tok_s / limit,
+            limit,
+            r.model_gb
+        );
+    }
+    let q = agent_shape(quick);
+    let (p, qn, n) = prefix_shape(quick);
+    let _ = writeln!(
+        s,
+        "\nAgent question on {} (prompt {}, 3 x ({} generated + {}-token information block), answer {}; greedy):\n\n| backend | KV reuse (s) | re-encoding every turn (s) | speedup | prefix cache: cold prompt (ms) | warm prompt (ms) | saving per question |\n|---|---:|---:|---:|---:|---:|---:|",
+        models.first().map(|m| m.quant).unwrap_or("-"),
+        q.prompt,
+        q.generated,
+        q.observation,
+        q.answer
+    );
+    for a in agents {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} | {:.2} | {:.2}x | {:.0} | {:.0} | {:.0} ms ({:.0}%) |",
+            a.backend,
+            a.reuse_s,
+            a.reencode_s,
+            a.reencode_s / a.reuse_s,
+            a.prefix_cold_s * 1e3,
+            a.prefix_warm_s * 1e3,
+            (a.prefix_cold_s - a.prefix_warm_s) * 1e3,
+            100.0 * (a.prefix_cold_s - a.prefix_warm_s) / a.prefix_cold_s
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nPrefix cache: a {p}-token instruction prefilled once ({}), then each of {n} {qn}-token questions continues from its KV state (rewound after every question) instead of prefilling instruction + question.",
+        agents
+            .iter()
+            .map(|a| format!("{} {:.0} ms", a.backend, a.prefix_once_s * 1e3))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if let Some(r) = ret {
+        let _ = writeln!(
+            s,
+            "\nRetrieval (top 3, median of {} searches): {:.2} ms per search, of which query embedding {:.2} ms; index {} with {} passages.",
+            if quick { 8 } else { 40 },
+            r.search_ms,
+            r.embed_ms,
+            r.index,
+            r.passages
+        );
+        if let Some(best) = agents.iter().min_by(|a, b| a.reuse_s.total_cmp(&b.reuse_s)) {
+            let total = best.reuse_s + 3.0 * r.search_ms / 1e3;
+            let _ = writeln!(
+                s,
+                "\nBudget of one 3-search question ({}): model {:.2} s + 3 searches {:.1} ms = {:.2} s; retrieval is {:.2}% of it.",
+                best.backend,
+                best.reuse_s,
+                3.0 * r.search_ms,
+                total,
+                100.0 * 3.0 * r.search_ms / 1e3 / total
+            );
+        }
+    }
+    s
 }

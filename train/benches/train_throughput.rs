@@ -7,8 +7,10 @@
 //! `BENCH_PRESETS=0` the presets, `BENCH_QWEN_STEPS=N` times N 0.5B updates (default 1).
 //! Run it on an otherwise idle machine: with a busy core, every rayon-parallel op waits for
 //! the descheduled thread and the numbers drop several-fold.
-//! `scripts/bench_train_torch.py` times the same 0.5B step in PyTorch, for a comparison on a
-//! machine that has torch (it is not installed here).
+//! The peer: `scripts/bench_train_torch.py` times the same steps (same shapes, batch, sequence
+//! length and thread count) in PyTorch + transformers on CPU, in the same run, when `python3`
+//! can import torch (`pip install torch transformers`); the bench prints the ratio. Without
+//! torch it says so and prints our numbers alone.
 
 use std::time::Instant;
 
@@ -39,64 +41,104 @@ fn examples(n: usize, len: usize, vocab: u32) -> Vec<Example> {
         .collect()
 }
 
+/// The same update timed in PyTorch (median seconds), or why not.
+fn torch_peer(dc: &DecoderConfig, batch: usize, seq: usize, steps: usize) -> Result<f64, String> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/bench_train_torch.py"
+    );
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|t| t.parse::<usize>().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(["--threads", &threads.to_string()])
+        .args(["--steps", &steps.to_string()])
+        .args(["--batch", &batch.to_string(), "--seq", &seq.to_string()])
+        .args(["--vocab", &dc.vocab_size.to_string()])
+        .args(["--hidden", &dc.hidden_size.to_string()])
+        .args(["--intermediate", &dc.intermediate_size.to_string()])
+        .args(["--layers", &dc.num_layers.to_string()])
+        .args(["--heads", &dc.num_heads.to_string()])
+        .args(["--kv-heads", &dc.num_kv_heads.to_string()])
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(err.lines().last().unwrap_or("failed").to_string());
+    }
+    // The script's last line: `update_s <seconds>`.
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("update_s "))
+        .next_back()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| "no `update_s` line in the script's output".to_string())
+}
+
 /// Median seconds of `steps` updates (after one warm-up update) and of forward+backward alone.
 fn bench(name: &str, dc: DecoderConfig, batch: usize, seq: usize, steps: usize, warmup: bool) {
     let t0 = Instant::now();
-    let m = TrainModel::new_random(
-        dc.clone(),
-        config_json(&dc, None, None),
-        b"{}".to_vec(),
-        &ModelOptions::default(),
-    )
-    .expect("model");
-    let params: usize = m
-        .named_vars()
-        .iter()
-        .map(|(_, v)| v.as_tensor().elem_count())
-        .sum();
-    eprintln!(
-        "{name}: {:.1}M parameters, initialised in {:.1} s",
-        params as f64 / 1e6,
-        t0.elapsed().as_secs_f64()
-    );
-    let data = examples(batch * (steps + 1), seq, dc.vocab_size as u32);
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let cfg = TrainConfig {
-        schedule: Schedule::with_ratio(1e-4, 0.0, steps + 1, Decay::Constant),
-        adamw: AdamWConfig::default(),
-        micro_batch: batch,
-        grad_accum: 1,
-        max_grad_norm: 1.0,
-        seed: 0,
-        alpha: 1.0,
-        save_every: 0,
-        keep_last: 1,
+    // The model and its optimiser state are dropped before the PyTorch peer starts: the 0.5B
+    // step needs ~13 GB on each side, more than a small machine holds twice.
+    let (sf, sb) = {
+        let m = TrainModel::new_random(
+            dc.clone(),
+            config_json(&dc, None, None),
+            b"{}".to_vec(),
+            &ModelOptions::default(),
+        )
+        .expect("model");
+        let params: usize = m
+            .named_vars()
+            .iter()
+            .map(|(_, v)| v.as_tensor().elem_count())
+            .sum();
+        eprintln!(
+            "{name}: {:.1}M parameters, initialised in {:.1} s",
+            params as f64 / 1e6,
+            t0.elapsed().as_secs_f64()
+        );
+        let data = examples(batch * (steps + 1), seq, dc.vocab_size as u32);
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cfg = TrainConfig {
+            schedule: Schedule::with_ratio(1e-4, 0.0, steps + 1, Decay::Constant),
+            adamw: AdamWConfig::default(),
+            micro_batch: batch,
+            grad_accum: 1,
+            max_grad_norm: 1.0,
+            seed: 0,
+            alpha: 1.0,
+            save_every: 0,
+            keep_last: 1,
+        };
+        let mut tr = Trainer::new(&m, None, &data, cfg, tmp.path(), 0).expect("trainer");
+        if warmup {
+            tr.train_step().expect("warm-up step");
+        }
+        let mut full = Vec::new();
+        for _ in 0..steps {
+            let t = Instant::now();
+            tr.train_step().expect("step");
+            full.push(t.elapsed().as_secs_f64());
+        }
+        let seqs: Vec<Vec<u32>> = data[..batch].iter().map(|e| e.ids.clone()).collect();
+        let b = Batch::new(&seqs, None, 0, m.device()).expect("batch");
+        let mut fb = Vec::new();
+        for _ in 0..steps {
+            let t = Instant::now();
+            let logits = m.logits(&b).expect("forward");
+            let l = train::loss::cross_entropy(&logits, &b.ids, &b.target_mask).expect("loss");
+            let _g = l.backward().expect("backward");
+            fb.push(t.elapsed().as_secs_f64());
+        }
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        (med(&mut full), med(&mut fb))
     };
-    let mut tr = Trainer::new(&m, None, &data, cfg, tmp.path(), 0).expect("trainer");
-    if warmup {
-        tr.train_step().expect("warm-up step");
-    }
-    let mut full = Vec::new();
-    for _ in 0..steps {
-        let t = Instant::now();
-        tr.train_step().expect("step");
-        full.push(t.elapsed().as_secs_f64());
-    }
-    let seqs: Vec<Vec<u32>> = data[..batch].iter().map(|e| e.ids.clone()).collect();
-    let b = Batch::new(&seqs, None, 0, m.device()).expect("batch");
-    let mut fb = Vec::new();
-    for _ in 0..steps {
-        let t = Instant::now();
-        let logits = m.logits(&b).expect("forward");
-        let l = train::loss::cross_entropy(&logits, &b.ids, &b.target_mask).expect("loss");
-        let _g = l.backward().expect("backward");
-        fb.push(t.elapsed().as_secs_f64());
-    }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (sf, sb) = (med(&mut full), med(&mut fb));
     let tokens = (batch * seq) as f64;
     println!(
         "{name}: batch {batch} x seq {seq}: update {sf:.3} s ({:.0} tokens/s), forward+backward {sb:.3} s ({:.0} tokens/s), AdamW+clip {:.3} s; median of {steps}",
@@ -104,9 +146,22 @@ fn bench(name: &str, dc: DecoderConfig, batch: usize, seq: usize, steps: usize, 
         tokens / sb,
         (sf - sb).max(0.0)
     );
+    if std::env::var("BENCH_TORCH").as_deref() == Ok("0") {
+        return;
+    }
+    train::release_freed_memory();
+    match torch_peer(&dc, batch, seq, steps) {
+        Ok(t) => println!(
+            "{name}: PyTorch peer, same update: {t:.3} s ({:.0} tokens/s); ours / PyTorch = {:.2}x tokens/s",
+            tokens / t,
+            t / sf
+        ),
+        Err(e) => println!("{name}: PyTorch peer skipped ({e})"),
+    }
 }
 
 fn main() {
+    train::keep_freed_memory();
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
     println!(
         "training throughput, f32 on CPU ({threads} threads, {} cores available)",

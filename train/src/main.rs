@@ -182,6 +182,7 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
+    train::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

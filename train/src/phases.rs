@@ -211,7 +211,10 @@ impl DataSet {
             (data_root.join(data), None)
         };
         if file.is_none() && dir.file_name().is_some_and(|n| n == "synth") {
-            crate::synth::prepare::prepare(&dir, &Default::default())?;
+            crate::synth::prepare::prepare(
+                &dir,
+                &crate::synth::prepare::PrepareConfig::for_folder(&dir)?,
+            )?;
         }
         if !dir.is_dir() {
             return Err(Error::io(
