@@ -102,9 +102,27 @@ impl Sampler {
             self.scratch.push((p, i as u32));
         }
         if self.params.top_p < 1.0 {
-            self.scratch
-                .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             let keep_mass = self.params.top_p * total;
+            // The nucleus is usually a few dozen tokens of a 150k vocabulary: select the k most
+            // likely (linear time), and sort only those once they hold the nucleus' mass
+            // (growing k otherwise). The order is total (ties by id), so the sorted prefix is
+            // exactly that of a full sort, which took 4.4 ms per token at Qwen's vocabulary.
+            let by_p = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+            let mut k = 256;
+            loop {
+                if k >= self.scratch.len() {
+                    self.scratch.sort_unstable_by(by_p);
+                    break;
+                }
+                self.scratch.select_nth_unstable_by(k - 1, by_p);
+                let head: f64 = self.scratch[..k].iter().map(|x| x.0 as f64).sum();
+                // The margin covers the f64 rounding of summing in another order.
+                if head > keep_mass * (1.0 + 1e-12) {
+                    self.scratch[..k].sort_unstable_by(by_p);
+                    break;
+                }
+                k *= 8;
+            }
             let mut acc = 0f64;
             let mut n = 0;
             for (p, _) in &self.scratch {
@@ -199,6 +217,74 @@ mod tests {
         });
         for _ in 0..2000 {
             assert_ne!(s.sample(&logits).token, 2);
+        }
+    }
+
+    /// The nucleus by a full sort of the vocabulary: the reference for the partial selection.
+    fn reference_top_p(logits: &[f32], t: f32, top_p: f64, r: f64) -> u32 {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut v: Vec<(f32, u32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (((l - max) / t).exp(), i as u32))
+            .collect();
+        let total: f64 = v.iter().map(|x| x.0 as f64).sum();
+        v.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let (mut acc, mut n) = (0f64, 0);
+        for (p, _) in &v {
+            acc += *p as f64;
+            n += 1;
+            if acc >= top_p * total {
+                break;
+            }
+        }
+        v.truncate(n.max(1));
+        let mut r = r * acc;
+        for &(p, i) in &v {
+            r -= p as f64;
+            if r <= 0.0 {
+                return i;
+            }
+        }
+        v.last().unwrap().1
+    }
+
+    #[test]
+    fn top_p_by_partial_selection_equals_a_full_sort() {
+        // Qwen-sized vocabularies, peaked and flat, nuclei from a few tokens to most of the
+        // vocabulary (so the selection grows k and falls back to the full sort).
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut uniform = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for (spread, top_p, t) in [
+            (2000.0, 0.9, 1.0),
+            (12.0, 0.9, 1.0),
+            (3.0, 0.5, 0.7),
+            (0.5, 0.99, 1.0),
+            (8.0, 0.95, 1.3),
+        ] {
+            let logits: Vec<f32> = (0..151_936).map(|_| (uniform() * spread) as f32).collect();
+            let params = SamplingParams {
+                temperature: t,
+                top_p,
+                seed: 11,
+            };
+            let mut s = Sampler::new(params);
+            // The sampler draws one uniform per token: replay the same stream.
+            let mut rng = StdRng::seed_from_u64(11);
+            for _ in 0..20 {
+                let r = rng.random::<f64>();
+                let want = reference_top_p(&logits, t as f32, top_p, r);
+                assert_eq!(
+                    s.sample(&logits).token,
+                    want,
+                    "spread {spread}, top_p {top_p}"
+                );
+            }
         }
     }
 }

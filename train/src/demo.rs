@@ -172,14 +172,19 @@ pub fn run_demo(
                 } else {
                     None
                 };
+                // Every algorithm samples the same number of rollouts per step (GRPO: fewer
+                // questions, `group_size` samples each), so the comparison is at equal
+                // generation cost, which dominates a CPU step.
+                let group = if algo == Algo::Grpo {
+                    cfg.rl.group_size.max(2)
+                } else {
+                    1
+                };
                 let rl = RlConfig {
                     algo,
                     seed,
-                    group_size: if algo == Algo::Grpo {
-                        cfg.rl.group_size.max(2)
-                    } else {
-                        1
-                    },
+                    group_size: group,
+                    questions_per_step: (cfg.rl.questions_per_step / group).max(1),
                     ..cfg.rl.clone()
                 };
                 // A run killed mid-way resumes from its newest checkpoint.
