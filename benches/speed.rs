@@ -131,21 +131,7 @@ fn requantize_q8_0(src: &Path, dst: &Path) -> dgpo::Result<()> {
             *v = Value::U32(7);
         }
     }
-    write_gguf(dst, &md, &tensors)
-}
-
-fn write_gguf(path: &Path, md: &[(String, Value)], ts: &[(String, QTensor)]) -> dgpo::Result<()> {
-    std::fs::create_dir_all(path.parent().unwrap()).map_err(|e| dgpo::Error::io(path, e))?;
-    let tmp = path.with_extension("tmp");
-    let mut w =
-        std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| dgpo::Error::io(&tmp, e))?);
-    gguf_file::write(
-        &mut w,
-        &md.iter().map(|(k, v)| (k.as_str(), v)).collect::<Vec<_>>(),
-        &ts.iter().map(|(k, v)| (k.as_str(), v)).collect::<Vec<_>>(),
-    )?;
-    drop(w);
-    std::fs::rename(&tmp, path).map_err(|e| dgpo::Error::io(path, e))
+    dgpo::model::export::write_gguf_atomic(dst, &md, &tensors)
 }
 
 /// A Qwen2.5-0.5B-shaped file with random weights (no tokenizer: candle only), in the tensor
@@ -209,7 +195,7 @@ fn write_random_qwen(path: &Path, layers: usize, q8: bool) -> dgpo::Result<()> {
             Value::F32(1e-6),
         ),
     ];
-    write_gguf(path, &md, &ts)
+    dgpo::model::export::write_gguf_atomic(path, &md, &ts)
 }
 
 fn threads() -> usize {

@@ -290,7 +290,16 @@ pub fn export_gguf(dir: &Path, out: &Path, quant: Quant) -> Result<()> {
         md.push(("tokenizer.chat_template".into(), Value::String(t)));
     }
 
-    // Write to a temporary file next to `out`, then rename: never a half-written model.
+    write_gguf_atomic(out, &md, &qtensors)
+}
+
+/// Write a GGUF file at `out` from metadata and tensors: to a temporary file next to it, synced,
+/// then renamed, so a crash never leaves a half-written model.
+pub fn write_gguf_atomic(
+    out: &Path,
+    md: &[(String, Value)],
+    qtensors: &[(String, QTensor)],
+) -> Result<()> {
     let parent = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
