@@ -167,6 +167,27 @@ impl Linear {
                     None => y,
                 }
             }
+            Linear::Quant {
+                w: QMatMul::QTensor(q),
+                b,
+            } if super::quant_kernels::handles(q.dtype())
+                && x.device().is_cpu()
+                && x.dtype() == DType::F32 =>
+            {
+                // Formats candle computes with scalar code (Q5_0 is most of Qwen2.5-0.5B's
+                // Q4_K_M file): our vectorised kernel, see `quant_kernels`.
+                let mut dims = x.dims().to_vec();
+                let k = dims.pop().unwrap_or(1);
+                let rows = x.elem_count() / k.max(1);
+                let xs = x.flatten_all()?.to_vec1::<f32>()?;
+                let y = super::quant_kernels::matmul(q, &xs, rows)?;
+                dims.push(q.shape().dims()[0]);
+                let y = Tensor::from_vec(y, dims, x.device())?;
+                match b {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                }
+            }
             Linear::Quant { w, b } => {
                 let y = w.forward(x)?;
                 match b {

@@ -9,6 +9,7 @@ pub mod decoder;
 pub mod export;
 pub mod gguf;
 pub mod hf;
+pub mod quant_kernels;
 
 pub use candle_backend::CandleModel;
 pub use decoder::{Arch, Decoder, DecoderConfig, KvCache, Ops};
