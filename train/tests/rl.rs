@@ -461,6 +461,43 @@ fn dgpo_resume_replays_the_uninterrupted_run() {
     // Files: checkpoints of actor and critic, metrics of all 3 steps, the curves.
     let log = read_metrics(&b_dir.path().join("rl_metrics.jsonl")).unwrap();
     assert_eq!(log.iter().map(|m| m.step).collect::<Vec<_>>(), [1, 2, 3]);
+    // The search-count buckets partition the rollouts and their rewards.
+    for m in &log {
+        let n: usize = m.searches_hist.iter().sum();
+        assert!(n > 0, "step {}: empty search histogram", m.step);
+        let mean_searches = m
+            .searches_hist
+            .iter()
+            .enumerate()
+            .map(|(k, &c)| (k * c) as f64)
+            .sum::<f64>()
+            / n as f64;
+        assert!(
+            mean_searches <= m.searches + 1e-9,
+            "step {}: histogram mean {mean_searches} > searches {}",
+            m.step,
+            m.searches
+        );
+        let total: f64 = m
+            .searches_hist
+            .iter()
+            .zip(&m.reward_by_searches)
+            .map(|(&c, r)| c as f64 * r.unwrap_or(0.0))
+            .sum();
+        assert!(
+            (total / n as f64 - m.reward_mean).abs() < 1e-9,
+            "step {}: rewards by search count do not add up to the mean",
+            m.step
+        );
+        for (c, r) in m.searches_hist.iter().zip(&m.reward_by_searches) {
+            assert_eq!(
+                *c > 0,
+                r.is_some(),
+                "step {}: bucket/reward mismatch",
+                m.step
+            );
+        }
+    }
     for d in [
         "checkpoints/step-00000003/model/model.safetensors",
         "critic/checkpoints/step-00000003/model/model.safetensors",

@@ -336,6 +336,13 @@ pub struct RlMetrics {
     pub observation_len: f64,
     /// Mean executed searches per rollout.
     pub searches: f64,
+    /// Rollouts with 0, 1, 2 and 3 or more executed searches.
+    #[serde(default)]
+    pub searches_hist: [usize; 4],
+    /// Mean reward of those rollouts (None for an empty bucket): which behaviour the outcome
+    /// reward favours at this step.
+    #[serde(default)]
+    pub reward_by_searches: [Option<f64>; 4],
     /// Generated tokens per second of the rollout phase.
     pub tokens_per_s: f64,
     /// Seconds spent generating rollouts.
@@ -772,6 +779,21 @@ impl Run<'_> {
             .flat_map(|s| &s.trace.steps)
             .filter(|st| matches!(st.action, StepAction::Search { executed: true, .. }))
             .count() as f64;
+        let mut hist = [0usize; 4];
+        let mut reward_sums = [0f64; 4];
+        for (sample, &score) in samples.iter().zip(&scores) {
+            let k = sample
+                .trace
+                .steps
+                .iter()
+                .filter(|st| matches!(st.action, StepAction::Search { executed: true, .. }))
+                .count()
+                .min(3);
+            hist[k] += 1;
+            reward_sums[k] += score as f64;
+        }
+        let reward_by_searches =
+            std::array::from_fn(|k| (hist[k] > 0).then(|| reward_sums[k] / hist[k] as f64));
         let has_ref = self.reference.get().is_some();
         let has_critic = self.critic.is_some();
         Ok(RlMetrics {
@@ -799,6 +821,8 @@ impl Run<'_> {
                 .sum::<f64>()
                 / n,
             searches: searches / n,
+            searches_hist: hist,
+            reward_by_searches,
             tokens_per_s: generated / rollout_s.max(1e-9),
             rollout_s,
             update_s: t1.elapsed().as_secs_f64(),
