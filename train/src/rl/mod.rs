@@ -53,7 +53,6 @@ use candle_core::{DType, Tensor};
 use dgpo_core::agent::AgentConfig;
 use dgpo_core::retrieve::Retriever;
 use dgpo_core::sampling::SamplingParams;
-use dgpo_core::trace::StepAction;
 use dgpo_core::{Error, Result};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -774,23 +773,14 @@ impl Run<'_> {
             .iter()
             .map(|s| s.trace.generated_tokens as f64)
             .sum();
-        let searches: f64 = samples
-            .iter()
-            .flat_map(|s| &s.trace.steps)
-            .filter(|st| matches!(st.action, StepAction::Search { executed: true, .. }))
-            .count() as f64;
+        // Executed searches per rollout, counted once: for the mean and for the histogram.
+        let counts: Vec<usize> = samples.iter().map(|s| s.trace.search_count()).collect();
+        let searches = counts.iter().sum::<usize>() as f64;
         let mut hist = [0usize; 4];
         let mut reward_sums = [0f64; 4];
-        for (sample, &score) in samples.iter().zip(&scores) {
-            let k = sample
-                .trace
-                .steps
-                .iter()
-                .filter(|st| matches!(st.action, StepAction::Search { executed: true, .. }))
-                .count()
-                .min(3);
-            hist[k] += 1;
-            reward_sums[k] += score as f64;
+        for (&c, &score) in counts.iter().zip(&scores) {
+            hist[c.min(3)] += 1;
+            reward_sums[c.min(3)] += score as f64;
         }
         let reward_by_searches =
             std::array::from_fn(|k| (hist[k] > 0).then(|| reward_sums[k] / hist[k] as f64));
