@@ -154,25 +154,19 @@ pub const PREFILL_GEMM_MIN_ROWS: usize = 32;
 impl Linear {
     /// Apply the layer.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(match self {
-            Linear::Dense(l) => l.forward(x)?,
-            Linear::Quant {
-                w: QMatMul::QTensor(q),
-                b,
-            } if x.elem_count() / x.dim(D::Minus1)? >= PREFILL_GEMM_MIN_ROWS => {
+        let (w, b) = match self {
+            Linear::Dense(l) => return Ok(l.forward(x)?),
+            Linear::Quant { w, b } => (w, b),
+        };
+        let y = match w {
+            QMatMul::QTensor(q) if x.elem_count() / x.dim(D::Minus1)? >= PREFILL_GEMM_MIN_ROWS => {
                 let wd = q.dequantize(x.device())?;
-                let y = x.broadcast_matmul(&wd.t()?)?;
-                match b {
-                    Some(b) => y.broadcast_add(b)?,
-                    None => y,
-                }
+                x.broadcast_matmul(&wd.t()?)?
             }
-            Linear::Quant {
-                w: QMatMul::QTensor(q),
-                b,
-            } if super::quant_kernels::handles(q.dtype())
-                && x.device().is_cpu()
-                && x.dtype() == DType::F32 =>
+            QMatMul::QTensor(q)
+                if super::quant_kernels::handles(q.dtype())
+                    && x.device().is_cpu()
+                    && x.dtype() == DType::F32 =>
             {
                 // Formats candle computes with scalar code (Q5_0 is most of Qwen2.5-0.5B's
                 // Q4_K_M file): our vectorised kernel, see `quant_kernels`.
@@ -182,19 +176,13 @@ impl Linear {
                 let xs = x.flatten_all()?.to_vec1::<f32>()?;
                 let y = super::quant_kernels::matmul(q, &xs, rows)?;
                 dims.push(q.shape().dims()[0]);
-                let y = Tensor::from_vec(y, dims, x.device())?;
-                match b {
-                    Some(b) => y.broadcast_add(b)?,
-                    None => y,
-                }
+                Tensor::from_vec(y, dims, x.device())?
             }
-            Linear::Quant { w, b } => {
-                let y = w.forward(x)?;
-                match b {
-                    Some(b) => y.broadcast_add(b)?,
-                    None => y,
-                }
-            }
+            w => w.forward(x)?,
+        };
+        Ok(match b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
         })
     }
 }
