@@ -73,18 +73,26 @@ impl Sampler {
 
     /// Pick a token from `logits` (NaNs are never picked).
     pub fn sample(&mut self, logits: &[f32]) -> Sampled {
-        let token = if self.params.temperature <= 0.0 {
-            argmax(logits)
-        } else {
-            self.sample_temperature(logits)
-        };
-        Sampled {
-            token,
-            logprob: log_softmax_at(logits, token as usize),
+        if self.params.temperature <= 0.0 {
+            let token = argmax(logits);
+            return Sampled {
+                token,
+                logprob: log_softmax_at(logits, token as usize),
+            };
         }
+        let (token, normaliser) = self.sample_temperature(logits);
+        let logprob = match normaliser {
+            // At temperature 1 the sampler has already summed the softmax normaliser: a second
+            // pass over a 150k vocabulary cost 1.1 ms per token (5% of a 0.5B decode step).
+            Some((max, total)) => (logits[token as usize] - max) - total.ln() as f32,
+            None => log_softmax_at(logits, token as usize),
+        };
+        Sampled { token, logprob }
     }
 
-    fn sample_temperature(&mut self, logits: &[f32]) -> u32 {
+    /// The sampled token, and at temperature 1 over NaN-free logits the (max, Σ exp(l − max))
+    /// pair of the full softmax, summed before any top-p truncation.
+    fn sample_temperature(&mut self, logits: &[f32]) -> (u32, Option<(f32, f64)>) {
         let t = self.params.temperature as f32;
         let max = logits
             .iter()
@@ -101,6 +109,7 @@ impl Sampler {
             total += p as f64;
             self.scratch.push((p, i as u32));
         }
+        let normaliser = (t == 1.0 && self.scratch.len() == logits.len()).then_some((max, total));
         if self.params.top_p < 1.0 {
             let keep_mass = self.params.top_p * total;
             // The nucleus is usually a few dozen tokens of a 150k vocabulary: select the k most
@@ -139,10 +148,10 @@ impl Sampler {
         for &(p, i) in &self.scratch {
             r -= p as f64;
             if r <= 0.0 {
-                return i;
+                return (i, normaliser);
             }
         }
-        self.scratch.last().map(|x| x.1).unwrap_or(0)
+        (self.scratch.last().map(|x| x.1).unwrap_or(0), normaliser)
     }
 }
 
@@ -204,6 +213,42 @@ mod tests {
             (0..50).map(|_| s.sample(&logits).token).collect()
         };
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn sampled_logprob_is_the_temperature_one_log_softmax_on_every_path() {
+        // A Qwen-sized vocabulary with a spread of logits, a masked token and a hot one.
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut logits: Vec<f32> = (0..151_936)
+            .map(|_| rng.random::<f32>() * 20.0 - 10.0)
+            .collect();
+        logits[7] = f32::NEG_INFINITY;
+        logits[11] = 14.0;
+        for (temperature, top_p) in [(1.0, 1.0), (1.0, 0.9), (0.7, 1.0), (1.3, 0.5)] {
+            let mut s = Sampler::new(SamplingParams {
+                temperature,
+                top_p,
+                seed: 2,
+            });
+            for _ in 0..20 {
+                let out = s.sample(&logits);
+                let want = log_softmax_at(&logits, out.token as usize);
+                assert!(
+                    (out.logprob - want).abs() < 1e-5,
+                    "T {temperature} top-p {top_p}: {} vs {want}",
+                    out.logprob
+                );
+            }
+        }
+        // NaN logits leave the reused normaliser aside: the log-prob is the reference's (NaN).
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: 2,
+        });
+        let out = s.sample(&[0.0, 1.0, f32::NAN]);
+        assert_ne!(out.token, 2);
+        assert!(out.logprob.is_nan());
     }
 
     #[test]
