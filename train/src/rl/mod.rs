@@ -27,8 +27,8 @@
 //! <exp>/checkpoints/step-N/          actor: HF model folder, AdamW state, state.json
 //! <exp>/critic/checkpoints/step-N/   critic (with its value head `score.*`), same layout
 //! <exp>/rl_metrics.jsonl             one RlMetrics per step
-//! <exp>/rl_curves.png                panels: reward mean, KL to the reference, actor lr,
-//!                                    actor gradient norm
+//! <exp>/rl_curves.png                titled panels: reward mean, KL to the reference,
+//!                                    searches and response tokens per rollout, actor grad norm
 //! ```
 //! A resumed run continues from the newest step that has both checkpoints and replays the
 //! uninterrupted run exactly: question order and sampling seeds are functions of (seed, step).
@@ -60,7 +60,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{
-    StepMetrics, TrainState, checkpoint_dir, list_checkpoints, load_checkpoint, save_checkpoint,
+    TrainState, checkpoint_dir, list_checkpoints, load_checkpoint, save_checkpoint,
 };
 use crate::data::QaRow;
 use crate::loss::{masked_mean, scalar};
@@ -397,23 +397,30 @@ fn append_metrics(path: &Path, m: &RlMetrics) -> Result<()> {
     .map_err(|e| Error::io(path, e))
 }
 
-/// Plot reward, KL, actor lr and gradient norm (the supervised plotter's four panels, filled
-/// with the RL series in that order).
+/// Plot one run's curves, one titled panel each: mean reward, KL to the reference, searches
+/// and response tokens per rollout (the two that show a policy collapsing to short or
+/// search-free rollouts), and the actor's gradient norm.
 pub fn plot_rl(metrics: &[RlMetrics], path: &Path) -> Result<()> {
-    let as_steps: Vec<StepMetrics> = metrics
-        .iter()
-        .map(|m| StepMetrics {
-            step: m.step,
-            loss: m.reward_mean,
-            kl: m.kl,
-            ce: None,
-            lr: m.actor_lr,
-            grad_norm: m.grad_norm,
-            tokens_per_s: m.tokens_per_s,
-            target_tokens: 0.0,
-        })
-        .collect();
-    crate::plot::plot_metrics(&as_steps, path)
+    let series = |f: &dyn Fn(&RlMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
+        metrics
+            .iter()
+            .filter_map(|m| f(m).map(|v| (m.step as f64, v)))
+            .filter(|p| p.1.is_finite())
+            .collect()
+    };
+    crate::plot::plot_panels(
+        &[
+            ("mean reward per step", series(&|m| Some(m.reward_mean))),
+            ("kl to reference (nats/token)", series(&|m| m.kl)),
+            ("searches per rollout", series(&|m| Some(m.searches))),
+            (
+                "response tokens per rollout",
+                series(&|m| Some(m.response_len)),
+            ),
+            ("actor grad norm", series(&|m| Some(m.grad_norm))),
+        ],
+        path,
+    )
 }
 
 /// Whether the KL-to-reference penalty goes into the token rewards of a rollout with outcome
