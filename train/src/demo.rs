@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::QaRow;
 use crate::evaluate::{EvalOptions, evaluate_models, write_report};
 use crate::model::{ModelOptions, TrainModel};
-use crate::phases::{KdConfig, run_kd};
+use crate::phases::{KdConfig, KdSource, TGO_FILE, run_kd};
 use crate::rl::{Algo, RlConfig, RlMetrics, read_metrics, train_rl};
 
 /// Settings of the whole run.
@@ -120,6 +120,32 @@ fn row_name(stage: &str) -> String {
     }
 }
 
+/// Greedy TGO generation is the same for every seed (same teacher, questions and retriever):
+/// seeds after the first reuse the first seed's teacher trajectories instead of generating them
+/// again (with 4,000 training questions that generation is ~7 min on two cores). The copy goes
+/// through a temporary file, so an interrupted copy is never mistaken for a finished cache.
+fn share_teacher_trajectories(cfg: &DemoConfig, kd_dir: &Path) -> Result<()> {
+    let greedy = cfg.kd.agent.sampling.temperature <= 0.0;
+    if cfg.kd.source != KdSource::Tgo || !greedy || !cfg.kd.resume {
+        return Ok(());
+    }
+    let first = cfg
+        .exp_dir
+        .join(format!("seed-{}", cfg.seeds[0]))
+        .join("kd")
+        .join(TGO_FILE);
+    let dst = kd_dir.join(TGO_FILE);
+    if dst.exists() || !first.exists() || first == dst {
+        return Ok(());
+    }
+    std::fs::create_dir_all(kd_dir).map_err(|e| Error::io(kd_dir, e))?;
+    let tmp = dst.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::copy(&first, &tmp).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+    tracing::info!(from = %first.display(), "reusing the first seed's teacher trajectories");
+    Ok(())
+}
+
 /// Run everything that is missing, evaluate, and write the report files.
 pub fn run_demo(
     cfg: &DemoConfig,
@@ -143,6 +169,7 @@ pub fn run_demo(
             let t = Instant::now();
             let mut kd = cfg.kd.clone();
             kd.train.seed = seed;
+            share_teacher_trajectories(cfg, &kd_dir)?;
             tracing::info!(seed, "KD: the teacher answers the training questions");
             run_kd(
                 &cfg.student,
@@ -333,4 +360,75 @@ fn write_outputs(cfg: &DemoConfig, r: &DemoReport) -> Result<()> {
     }
     crate::plot::plot_curves(&curves, &cfg.exp_dir.join("curves.png"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::{AdamWConfig, Decay, Schedule};
+    use crate::trainer::TrainConfig;
+
+    fn config(exp: &Path, source: KdSource, temperature: f64) -> DemoConfig {
+        let mut agent = dgpo_core::agent::AgentConfig::default();
+        agent.sampling.temperature = temperature;
+        DemoConfig {
+            data_dir: exp.join("data"),
+            student: exp.join("student"),
+            teacher: exp.join("teacher"),
+            exp_dir: exp.to_path_buf(),
+            seeds: vec![3, 4],
+            kd: KdConfig {
+                train: TrainConfig {
+                    schedule: Schedule::with_ratio(1e-3, 0.0, 10, Decay::Constant),
+                    adamw: AdamWConfig::default(),
+                    micro_batch: 1,
+                    grad_accum: 1,
+                    max_grad_norm: 1.0,
+                    seed: 0,
+                    alpha: 1.0,
+                    save_every: 0,
+                    keep_last: 0,
+                },
+                source,
+                agent,
+                sgo_rounds: 1,
+                concurrency: 1,
+                resume: true,
+            },
+            rl: RlConfig::default(),
+            algos: vec![Algo::Dgpo],
+            eval: EvalOptions::default(),
+        }
+    }
+
+    #[test]
+    fn later_seeds_reuse_the_first_seeds_greedy_teacher_trajectories_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = tmp.path().join("seed-3/kd");
+        std::fs::create_dir_all(&first).unwrap();
+        std::fs::write(first.join(TGO_FILE), "{\"rows\": 1}\n").unwrap();
+        let later = tmp.path().join("seed-4/kd");
+
+        // Sampled TGO and SGO depend on the seed: nothing is shared.
+        for cfg in [
+            config(tmp.path(), KdSource::Tgo, 1.0),
+            config(tmp.path(), KdSource::Sgo, 0.0),
+        ] {
+            share_teacher_trajectories(&cfg, &later).unwrap();
+            assert!(!later.join(TGO_FILE).exists());
+        }
+        // Greedy TGO: the same file, and an existing cache is never overwritten.
+        let cfg = config(tmp.path(), KdSource::Tgo, 0.0);
+        share_teacher_trajectories(&cfg, &later).unwrap();
+        assert_eq!(
+            std::fs::read(later.join(TGO_FILE)).unwrap(),
+            b"{\"rows\": 1}\n"
+        );
+        std::fs::write(later.join(TGO_FILE), "mine\n").unwrap();
+        share_teacher_trajectories(&cfg, &later).unwrap();
+        assert_eq!(std::fs::read(later.join(TGO_FILE)).unwrap(), b"mine\n");
+        // The first seed itself has nothing to copy from.
+        share_teacher_trajectories(&cfg, &first).unwrap();
+        assert!(std::fs::read_dir(&first).unwrap().count() == 1);
+    }
 }
