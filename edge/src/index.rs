@@ -8,8 +8,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use dgpo_core::embed;
 use dgpo_core::index::{
-    Backend, BuildOptions, BuildReport, Distance, ImportOptions, Index, build, import_faiss,
-    inspect,
+    Backend, BuildOptions, BuildReport, Distance, ImportOptions, Index, SearchParams, build,
+    import_faiss, inspect,
 };
 use dgpo_core::retrieve::Retriever;
 
@@ -114,6 +114,13 @@ struct SearchArgs {
     /// Print JSON lines ({"query", "hits": [{"id","title","text","score"}]}).
     #[arg(long)]
     json: bool,
+    /// hannoy: candidates kept while walking the graph (raised to 10·k). More is slower and
+    /// finds more of the true neighbours; large indexes need more (README "Index").
+    #[arg(long, default_value_t = SearchParams::default().ef_search)]
+    ef_search: usize,
+    /// arroy: nodes visited, as a multiple of k × trees.
+    #[arg(long, default_value_t = SearchParams::default().arroy_oversampling)]
+    arroy_oversampling: usize,
 }
 
 /// Run `edge index`.
@@ -203,7 +210,14 @@ fn search(a: SearchArgs) -> Result<()> {
         Some(e) => Some(embed::open(&embed::parse_spec(e)?, None)?),
         None => None,
     };
-    let index = Index::open_with(&a.dir, embedder)?;
+    if a.ef_search == 0 || a.arroy_oversampling == 0 {
+        bail!("--ef-search and --arroy-oversampling must be at least 1");
+    }
+    let mut index = Index::open_with(&a.dir, embedder)?;
+    index.set_params(SearchParams {
+        ef_search: a.ef_search,
+        arroy_oversampling: a.arroy_oversampling,
+    });
     let refs: Vec<&str> = queries.iter().map(String::as_str).collect();
     let t = Instant::now();
     let results = index.search_batch(&refs, a.k)?;

@@ -177,6 +177,29 @@ fn cli_build_search_and_bad_lines() {
     assert_eq!(lines[1]["hits"][0]["id"], "42");
     assert!(lines[1]["hits"][0]["score"].as_f64().unwrap() > 0.0);
 
+    // The search effort flags reach the index: more effort finds the same exact hits on 50
+    // passages, and zero effort is refused by name.
+    let effort = |extra: &[&str]| {
+        edge()
+            .args([
+                "index",
+                "search",
+                dir.to_str().unwrap(),
+                "year 42",
+                "--json",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = effort(&["--ef-search", "1000", "--arroy-oversampling", "40"]);
+    assert!(out.status.success());
+    let hit: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hit["hits"][0]["id"], "42");
+    let out = effort(&["--ef-search", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ef-search"));
+
     // info works and shows the metadata.
     let out = edge()
         .args(["index", "info", dir.to_str().unwrap()])
