@@ -255,16 +255,23 @@ pub const PALETTE: [[u8; 3]; 5] = [
     [148, 103, 189],
 ];
 
+/// One RL series as (step, value) points: steps where `f` gives no value, or a non-finite one,
+/// are left out.
+pub fn rl_series(
+    m: &[crate::rl::RlMetrics],
+    f: &dyn Fn(&crate::rl::RlMetrics) -> Option<f64>,
+) -> Vec<(f64, f64)> {
+    m.iter()
+        .filter_map(|s| f(s).map(|v| (s.step as f64, v)))
+        .filter(|p| p.1.is_finite())
+        .collect()
+}
+
 /// Reward (top panel) and KL to the reference (bottom panel) of several RL runs, one colour per
 /// run in [`PALETTE`] order, each panel with one y range shared by the runs (so they compare).
 /// A legend at the top right of the reward panel names the run of each colour.
 pub fn plot_curves(runs: &[(String, Vec<crate::rl::RlMetrics>)], path: &Path) -> Result<()> {
-    let pts = |m: &[crate::rl::RlMetrics], f: &dyn Fn(&crate::rl::RlMetrics) -> Option<f64>| {
-        m.iter()
-            .filter_map(|s| f(s).map(|v| (s.step as f64, v)))
-            .filter(|p| p.1.is_finite())
-            .collect::<Vec<_>>()
-    };
+    let pts = rl_series;
     let colour = |i: usize| PALETTE[i % PALETTE.len()];
     let reward = runs
         .iter()

@@ -401,13 +401,7 @@ fn append_metrics(path: &Path, m: &RlMetrics) -> Result<()> {
 /// and response tokens per rollout (the two that show a policy collapsing to short or
 /// search-free rollouts), and the actor's gradient norm.
 pub fn plot_rl(metrics: &[RlMetrics], path: &Path) -> Result<()> {
-    let series = |f: &dyn Fn(&RlMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
-        metrics
-            .iter()
-            .filter_map(|m| f(m).map(|v| (m.step as f64, v)))
-            .filter(|p| p.1.is_finite())
-            .collect()
-    };
+    let series = |f: &dyn Fn(&RlMetrics) -> Option<f64>| crate::plot::rl_series(metrics, f);
     crate::plot::plot_panels(
         &[
             ("mean reward per step", series(&|m| Some(m.reward_mean))),
