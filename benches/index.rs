@@ -16,6 +16,8 @@
 //!
 //! `DGPO_BENCH_BACKENDS` picks methods (default `arroy,hannoy,hannoy+bq`); `DGPO_BENCH_FAISS=0`
 //! skips the peer; `DGPO_BENCH_MD=<file>` also writes the table as markdown.
+//! `DGPO_BENCH_EF=200,800,3200` (hannoy's `ef_search`) and `DGPO_BENCH_ARROY_OVERSAMPLING=15,60`
+//! (arroy's `search_k` per `k × trees`) sweep the search effort over one build: a row each.
 //!
 //! Run: `cargo bench --bench index`, e.g. `DGPO_BENCH_N=100000 cargo bench --bench index`.
 
@@ -36,6 +38,16 @@ fn env(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// A comma-separated list of numbers from the environment, or `[default]`.
+fn env_list(name: &str, default: usize) -> Vec<usize> {
+    let list: Vec<usize> = std::env::var(name)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    if list.is_empty() { vec![default] } else { list }
 }
 
 fn unit(rng: &mut StdRng, dim: usize) -> Vec<f32> {
@@ -238,37 +250,62 @@ fn bench_set(
         let build_s = t.elapsed().as_secs_f64();
         let disk = disk_bytes(tmp.path()) as f64 / (1 << 20) as f64;
         let (file0, anon0) = rss();
-        let idx = Index::open(tmp.path()).unwrap();
-        let (mut ms, mut r3, mut r10) = (Vec::with_capacity(nq), 0usize, 0usize);
-        for (q, ex) in queries.iter().zip(&exact) {
-            let t = Instant::now();
-            let got = idx.search_items(q, 10).unwrap();
-            ms.push(t.elapsed().as_secs_f64() * 1e3);
-            let ids: Vec<u32> = got.iter().map(|h| h.0).collect();
-            r3 += recall(&ids, ex, 3);
-            r10 += recall(&ids, ex, 10);
-        }
-        let (file1, anon1) = rss();
-        drop(idx);
-        ms.sort_by(f64::total_cmp);
-        let row = Row {
-            set: set.into(),
-            method: m.clone(),
-            build_s: Some(build_s),
-            disk_mib: Some(disk),
-            p50: pct(&ms, 0.5),
-            p99: pct(&ms, 0.99),
-            r3: r3 as f64 / (3 * nq) as f64,
-            r10: r10 as f64 / (10 * nq) as f64,
-            rss: format!(
-                "+{:.0} file, +{:.0} heap",
-                (file1 - file0).max(0.0),
-                (anon1 - anon0).max(0.0)
+        let mut idx = Index::open(tmp.path()).unwrap();
+        // One row per search effort: the build is the expensive part, so a sweep of the
+        // search width reuses it. RSS is measured from the open, so later rows include the
+        // pages earlier ones mapped in.
+        let efforts = match backend {
+            Backend::Hannoy => env_list("DGPO_BENCH_EF", idx.params().ef_search),
+            Backend::Arroy => env_list(
+                "DGPO_BENCH_ARROY_OVERSAMPLING",
+                idx.params().arroy_oversampling,
             ),
-            ratio: peer50.map(|p| pct(&ms, 0.5) / p),
         };
-        print_row(&row);
-        rows.push(row);
+        let sweep = efforts.len() > 1;
+        for (e_i, &effort) in efforts.iter().enumerate() {
+            let mut params = idx.params();
+            match backend {
+                Backend::Hannoy => params.ef_search = effort,
+                Backend::Arroy => params.arroy_oversampling = effort,
+            }
+            idx.set_params(params);
+            let (mut ms, mut r3, mut r10) = (Vec::with_capacity(nq), 0usize, 0usize);
+            for (q, ex) in queries.iter().zip(&exact) {
+                let t = Instant::now();
+                let got = idx.search_items(q, 10).unwrap();
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+                let ids: Vec<u32> = got.iter().map(|h| h.0).collect();
+                r3 += recall(&ids, ex, 3);
+                r10 += recall(&ids, ex, 10);
+            }
+            let (file1, anon1) = rss();
+            ms.sort_by(f64::total_cmp);
+            let method = match (sweep, backend) {
+                (false, _) => m.clone(),
+                (true, Backend::Hannoy) => format!("{m} (ef_search {effort})"),
+                (true, Backend::Arroy) => format!("{m} (oversampling {effort})"),
+            };
+            let row = Row {
+                set: set.into(),
+                method,
+                // Build time and size belong to the index, shown once per build.
+                build_s: (e_i == 0).then_some(build_s),
+                disk_mib: (e_i == 0).then_some(disk),
+                p50: pct(&ms, 0.5),
+                p99: pct(&ms, 0.99),
+                r3: r3 as f64 / (3 * nq) as f64,
+                r10: r10 as f64 / (10 * nq) as f64,
+                rss: format!(
+                    "+{:.0} file, +{:.0} heap",
+                    (file1 - file0).max(0.0),
+                    (anon1 - anon0).max(0.0)
+                ),
+                ratio: peer50.map(|p| pct(&ms, 0.5) / p),
+            };
+            print_row(&row);
+            rows.push(row);
+        }
+        drop(idx);
     }
     rows
 }

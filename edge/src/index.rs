@@ -115,12 +115,12 @@ struct SearchArgs {
     #[arg(long)]
     json: bool,
     /// hannoy: candidates kept while walking the graph (raised to 10·k). More is slower and
-    /// finds more of the true neighbours; large indexes need more (README "Index").
-    #[arg(long, default_value_t = SearchParams::default().ef_search)]
-    ef_search: usize,
-    /// arroy: nodes visited, as a multiple of k × trees.
-    #[arg(long, default_value_t = SearchParams::default().arroy_oversampling)]
-    arroy_oversampling: usize,
+    /// finds more of the true neighbours [default: max(200, passages / 300), README "Index"].
+    #[arg(long)]
+    ef_search: Option<usize>,
+    /// arroy: nodes visited, as a multiple of k × trees [default: 15].
+    #[arg(long)]
+    arroy_oversampling: Option<usize>,
 }
 
 /// Run `edge index`.
@@ -210,13 +210,14 @@ fn search(a: SearchArgs) -> Result<()> {
         Some(e) => Some(embed::open(&embed::parse_spec(e)?, None)?),
         None => None,
     };
-    if a.ef_search == 0 || a.arroy_oversampling == 0 {
+    if a.ef_search == Some(0) || a.arroy_oversampling == Some(0) {
         bail!("--ef-search and --arroy-oversampling must be at least 1");
     }
     let mut index = Index::open_with(&a.dir, embedder)?;
+    let own = index.params();
     index.set_params(SearchParams {
-        ef_search: a.ef_search,
-        arroy_oversampling: a.arroy_oversampling,
+        ef_search: a.ef_search.unwrap_or(own.ef_search),
+        arroy_oversampling: a.arroy_oversampling.unwrap_or(own.arroy_oversampling),
     });
     let refs: Vec<&str> = queries.iter().map(String::as_str).collect();
     let t = Instant::now();

@@ -386,12 +386,13 @@ impl Index {
         };
         let ann = ann::open_db(&store.env, meta.backend, meta.distance, meta.dim, false)
             .map_err(|e| in_dir(e, dir))?;
+        let params = SearchParams::for_documents(meta.documents);
         Ok(Index {
             store,
             meta,
             ann,
             embedder,
-            params: SearchParams::default(),
+            params,
         })
     }
 
@@ -403,6 +404,11 @@ impl Index {
     /// The query embedder.
     pub fn embedder(&self) -> &Arc<dyn Embedder> {
         &self.embedder
+    }
+
+    /// The search effort in use ([`SearchParams::for_documents`] until changed).
+    pub fn params(&self) -> SearchParams {
+        self.params
     }
 
     /// Change the search effort.
