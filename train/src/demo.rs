@@ -170,7 +170,12 @@ pub fn run_demo(
             let mut kd = cfg.kd.clone();
             kd.train.seed = seed;
             share_teacher_trajectories(cfg, &kd_dir)?;
-            tracing::info!(seed, "KD: the teacher answers the training questions");
+            // run_kd reuses stored TGO trajectories when resuming (see `share_teacher_trajectories`).
+            if kd.resume && kd.source == KdSource::Tgo && kd_dir.join(TGO_FILE).exists() {
+                tracing::info!(seed, "KD: distilling on the stored teacher trajectories");
+            } else {
+                tracing::info!(seed, "KD: the teacher answers the training questions");
+            }
             run_kd(
                 &cfg.student,
                 &cfg.teacher,
@@ -388,6 +393,7 @@ mod tests {
                     alpha: 1.0,
                     save_every: 0,
                     keep_last: 0,
+                    threads: 1,
                 },
                 source,
                 agent,

@@ -135,6 +135,26 @@ struct Cli {
     /// Skip the evaluation after KD.
     #[arg(long)]
     no_eval: bool,
+    /// Threads computing each supervised (SFT/KD) micro-batch together, on slices of its
+    /// sequences [default: the cores with `--defaults tiny`, else 1 (candle's kernels thread)].
+    #[arg(long)]
+    train_threads: Option<usize>,
+    /// Hyper-parameter defaults: `tiny` (rates, lengths and thread use sized for the tiny
+    /// presets) or `paper` (the paper's, for 0.5B-scale models). Default: `tiny` when the
+    /// student is a preset name, else `paper`; say `tiny` when continuing from a checkpoint of
+    /// a tiny preset (e.g. `--phase rl` from `seed-0/kd/final`).
+    #[arg(long, value_parser = ["tiny", "paper"])]
+    defaults: Option<String>,
+}
+
+impl Cli {
+    /// Whether the tiny presets' defaults apply to this run (see `--defaults`).
+    fn tiny_defaults(&self, student: &str) -> bool {
+        match self.defaults.as_deref() {
+            Some(d) => d == "tiny",
+            None => train::presets::is_preset(student),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -211,6 +231,16 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some(Cmd::Preset { name, data }) => {
+            if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+                // As in `run` for the tiny presets: one kernel thread, the cores share each
+                // micro-batch (`TrainConfig::threads`). SAFETY: no other thread exists yet.
+                unsafe {
+                    std::env::set_var("CANDLE_NUM_THREADS", "1");
+                    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+                        std::env::set_var("RAYON_NUM_THREADS", "1");
+                    }
+                };
+            }
             let ds = DataSet::resolve(data, &root("DATA_ROOT", "data"))?;
             let t0 = std::time::Instant::now();
             let dir = train::presets::build_preset(
@@ -293,6 +323,7 @@ fn train_config(cli: &Cli) -> Result<train::trainer::TrainConfig> {
         alpha: cli.alpha,
         save_every: cli.save_every,
         keep_last: cli.keep_last,
+        threads: cli.train_threads.unwrap_or(1),
     })
 }
 
@@ -308,12 +339,21 @@ fn vocab_of(path: &Path) -> Result<usize> {
 }
 
 fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result<()> {
-    if train::presets::is_preset(student) && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+    if cli.tiny_defaults(student) && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         // The tiny presets' matrices are too small for candle's thread pool, whose workers spin
         // while waiting (measured: 0.3 s per RL step on one thread, 1.0-1.4 s on two); the
         // agent rollouts run in parallel over questions instead. Set before any candle op.
+        // The training threads split the work instead (`TrainConfig::threads`,
+        // `RlConfig::update_threads`), and candle's rayon-parallel ops (softmax, copies) then
+        // only contend with them: teacher-shaped SFT 2,689 tok/s with rayon on 2 threads and no
+        // split, 2,980 with both, 3,343 with the split and rayon on 1.
         // SAFETY: no other thread exists yet.
-        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+        unsafe {
+            std::env::set_var("CANDLE_NUM_THREADS", "1");
+            if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+                std::env::set_var("RAYON_NUM_THREADS", "1");
+            }
+        };
     }
     let ds = DataSet::resolve(data, &root("DATA_ROOT", "data"))?;
     let exp_root = root("EXP_ROOT", "exp");
@@ -322,7 +362,11 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
     } else {
         exp_root.join(exp)
     };
-    let cfg = train_config(cli)?;
+    let mut cfg = train_config(cli)?;
+    if cli.tiny_defaults(student) && cli.train_threads.is_none() {
+        // Single-threaded kernels (above): the cores share each micro-batch instead.
+        cfg.threads = train::phases::default_concurrency();
+    }
     let student_dir = train::presets::resolve_model(student, &ds.dir, &exp_root)?;
     if !student_dir.is_dir() {
         bail!(
@@ -433,7 +477,7 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
                 qs.truncate(n);
             }
             let retriever = open_retriever(cli, &ds)?;
-            let tiny = train::presets::is_preset(student);
+            let tiny = cli.tiny_defaults(student);
             let rl = rl_config(cli, tiny)?;
             let algos: Vec<train::rl::Algo> = cli
                 .algos
@@ -451,9 +495,17 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
                 let algo = *algos.first().context("--algos names no algorithm")?;
                 let s = train::TrainModel::load(&student_dir, &Default::default())?;
                 let t = train::TrainModel::load(&teacher_path, &Default::default())?;
+                // Groups are GRPO's baseline; PPO and DGPO have a critic and sample each
+                // question once (as in the demo) unless --group-size says otherwise.
+                let group_size = match (algo, cli.group_size) {
+                    (_, Some(g)) => g,
+                    (train::rl::Algo::Grpo, None) => rl.group_size,
+                    _ => 1,
+                };
                 let cfg = train::rl::RlConfig {
                     algo,
                     seed: cli.seed,
+                    group_size,
                     ..rl
                 };
                 let teacher_ref = (algo == train::rl::Algo::Dgpo).then_some(&t);
@@ -540,6 +592,8 @@ fn rl_config(cli: &Cli, tiny: bool) -> Result<train::rl::RlConfig> {
         c.critic_warmup_ratio = 0.0;
         c.max_turn_tokens = 128;
         c.save_every = 10;
+        // Single-threaded kernels (see `run`): the cores share the PPO update's micro-batches.
+        c.update_threads = train::phases::default_concurrency();
     }
     c.steps = cli.rl_steps.unwrap_or(c.steps);
     c.questions_per_step = cli.questions_per_step.unwrap_or(c.questions_per_step);
@@ -572,4 +626,38 @@ fn open_retriever(
         ),
     };
     Ok(open(&spec)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("train").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults_follow_the_student_unless_named() {
+        let ckpt = "exp/demo/seed-0/kd/final";
+        let cli = parse(&["synth", ckpt, "tiny-teacher", "e", "--phase", "rl"]);
+        assert!(
+            !cli.tiny_defaults(ckpt),
+            "a checkpoint path is not a preset"
+        );
+        assert!(cli.tiny_defaults("tiny"));
+        let paper = rl_config(&cli, cli.tiny_defaults(ckpt)).unwrap();
+        assert_eq!(paper.actor_lr, 1e-6);
+
+        let cli = parse(&["synth", ckpt, "tiny-teacher", "e", "--defaults", "tiny"]);
+        assert!(cli.tiny_defaults(ckpt));
+        let tiny = rl_config(&cli, cli.tiny_defaults(ckpt)).unwrap();
+        assert_eq!(
+            (tiny.actor_lr, tiny.max_turn_tokens, tiny.steps),
+            (1e-4, 128, 30)
+        );
+
+        let cli = parse(&["synth", "tiny", "t", "e", "--defaults", "paper"]);
+        assert!(!cli.tiny_defaults("tiny"));
+        assert!(Cli::try_parse_from(["train", "d", "s", "t", "e", "--defaults", "huge"]).is_err());
+    }
 }

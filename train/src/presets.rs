@@ -333,6 +333,8 @@ fn run_stage(
         alpha: 1.0,
         save_every: stage.save_every,
         keep_last: 1,
+        // The presets are tiny: see `TrainConfig::threads`.
+        threads: crate::phases::default_concurrency(),
     };
     let t0 = Instant::now();
     let mut tr = Trainer::new(model, None, data, cfg, work, 0)?;

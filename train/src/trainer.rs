@@ -73,6 +73,25 @@ pub struct TrainConfig {
     pub save_every: usize,
     /// Checkpoints kept (0 keeps all).
     pub keep_last: usize,
+    /// Threads that compute one micro-batch's gradient together, each on a slice of its
+    /// sequences (data parallelism; the gradient is the same up to float rounding). For models
+    /// whose matrices are too small for candle's own kernel threading (the tiny presets, run
+    /// with `CANDLE_NUM_THREADS=1`); leave 1 for larger models, whose kernels use the cores.
+    #[serde(default = "one")]
+    pub threads: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// What one slice of a micro-batch contributes: its gradient (already weighted by its share
+/// of the micro-batch's target tokens) and its metrics.
+struct SliceOut {
+    grads: candle_core::backprop::GradStore,
+    loss: f64,
+    kl: f64,
+    ce: f64,
 }
 
 /// Runs SFT (no teacher) or KD (with a teacher) over a fixed example set.
@@ -111,9 +130,9 @@ impl<'a> Trainer<'a> {
         if data.is_empty() {
             return Err(Error::invalid("no training examples"));
         }
-        if cfg.micro_batch == 0 || cfg.grad_accum == 0 {
+        if cfg.micro_batch == 0 || cfg.grad_accum == 0 || cfg.threads == 0 {
             return Err(Error::invalid(
-                "micro_batch and grad_accum must be at least 1",
+                "micro_batch, grad_accum and threads must be at least 1",
             ));
         }
         let v = student.vocab_size() as u32;
@@ -196,35 +215,58 @@ impl<'a> Trainer<'a> {
             let idx: Vec<usize> = (0..b)
                 .map(|j| self.example_at((s * a + k) * b + j))
                 .collect();
-            let seqs: Vec<Vec<u32>> = idx.iter().map(|&i| self.data[i].ids.clone()).collect();
-            let learn: Vec<Vec<bool>> = idx.iter().map(|&i| self.data[i].learn.clone()).collect();
-            let batch = Batch::new(&seqs, Some(&learn), self.pad, self.student.device())?;
-            tokens += batch.token_count();
-            targets += batch.target_count()?;
-            let logits = self.student.logits(&batch)?;
-            let l = match self.teacher {
-                Some(t) => {
-                    let tl = t.logits(&batch)?.detach();
-                    let d = loss::distill_loss(
-                        &tl,
-                        &logits,
-                        &batch.ids,
-                        &batch.target_mask,
-                        self.cfg.alpha,
-                    )?;
-                    kl_sum += d.kl;
-                    ce_sum += d.ce;
-                    d.loss
-                }
-                None => {
-                    let ce = loss::cross_entropy(&logits, &batch.ids, &batch.target_mask)?;
-                    ce_sum += loss::scalar(&ce)?;
-                    ce
-                }
+            // The micro-batch's loss is a mean over its target tokens; a slice's mean weighted
+            // by its share of those tokens sums to it, so splitting changes no gradient.
+            let p = self.cfg.threads.min(b);
+            let mut slices = Vec::with_capacity(p);
+            for part in idx.chunks(b.div_ceil(p)) {
+                let seqs: Vec<Vec<u32>> = part.iter().map(|&i| self.data[i].ids.clone()).collect();
+                let learn: Vec<Vec<bool>> =
+                    part.iter().map(|&i| self.data[i].learn.clone()).collect();
+                let batch = Batch::new(&seqs, Some(&learn), self.pad, self.student.device())?;
+                tokens += batch.token_count();
+                let n = batch.target_count()?;
+                slices.push((batch, n));
+            }
+            let total: f64 = slices.iter().map(|(_, n)| n).sum();
+            targets += total;
+            let jobs: Vec<(Batch, f64)> = slices
+                .into_iter()
+                // A slice with no learnt token has no loss (its masked mean would be 0/0).
+                .filter(|(_, n)| *n > 0.0)
+                .map(|(batch, n)| (batch, n / total / a as f64))
+                .collect();
+            let (student, teacher, alpha) = (self.student, self.teacher, self.cfg.alpha);
+            let outs: Vec<Result<SliceOut>> = if jobs.len() <= 1 {
+                jobs.iter()
+                    .map(|(batch, w)| slice_pass(student, teacher, alpha, batch, *w))
+                    .collect()
+            } else {
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = jobs
+                        .iter()
+                        .map(|(batch, w)| {
+                            scope.spawn(move || slice_pass(student, teacher, alpha, batch, *w))
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| {
+                            h.join().unwrap_or_else(|_| {
+                                Err(Error::invalid("a data-parallel training thread panicked"))
+                            })
+                        })
+                        .collect()
+                })
             };
-            loss_sum += loss::scalar(&l)?;
-            let store = (l / a as f64)?.backward()?;
-            self.opt.accumulate(&mut grads, &store)?;
+            // Summed in slice order, so a run is deterministic for a given thread count.
+            for out in outs {
+                let out = out?;
+                loss_sum += out.loss;
+                kl_sum += out.kl;
+                ce_sum += out.ce;
+                self.opt.accumulate(&mut grads, &out.grads)?;
+            }
         }
         let grad_norm = if self.cfg.max_grad_norm > 0.0 {
             grads.clip(self.cfg.max_grad_norm)?
@@ -234,12 +276,12 @@ impl<'a> Trainer<'a> {
         let lr = self.cfg.schedule.lr(s);
         self.opt.step(&grads, lr)?;
         let secs = t0.elapsed().as_secs_f64().max(1e-9);
-        let af = a as f64;
+        // The slices' metrics are weighted as their losses: they sum to the update's mean.
         Ok(StepMetrics {
             step: s + 1,
-            loss: loss_sum / af,
-            kl: self.teacher.map(|_| kl_sum / af),
-            ce: Some(ce_sum / af),
+            loss: loss_sum,
+            kl: self.teacher.map(|_| kl_sum),
+            ce: Some(ce_sum),
             lr,
             grad_norm,
             tokens_per_s: tokens as f64 / secs,
@@ -318,6 +360,37 @@ impl<'a> Trainer<'a> {
         }
         Ok(out)
     }
+}
+
+/// Loss and weighted gradient of one slice of a micro-batch (`weight`: its share of the update).
+fn slice_pass(
+    student: &TrainModel,
+    teacher: Option<&TrainModel>,
+    alpha: f64,
+    batch: &Batch,
+    weight: f64,
+) -> Result<SliceOut> {
+    let logits = student.logits(batch)?;
+    let (l, kl, ce) = match teacher {
+        Some(t) => {
+            let tl = t.logits(batch)?.detach();
+            let d = loss::distill_loss(&tl, &logits, &batch.ids, &batch.target_mask, alpha)?;
+            (d.loss, d.kl, d.ce)
+        }
+        None => {
+            let ce = loss::cross_entropy(&logits, &batch.ids, &batch.target_mask)?;
+            let v = loss::scalar(&ce)?;
+            (ce, 0.0, v)
+        }
+    };
+    let loss = loss::scalar(&l)?;
+    let grads = (l * weight)?.backward()?;
+    Ok(SliceOut {
+        grads,
+        loss: loss * weight,
+        kl: kl * weight,
+        ce: ce * weight,
+    })
 }
 
 #[cfg(test)]

@@ -338,6 +338,7 @@ fn cfg(total: usize, save_every: usize) -> TrainConfig {
         alpha: 1.0,
         save_every,
         keep_last: 2,
+        threads: 1,
     }
 }
 
@@ -433,6 +434,68 @@ fn sft_loss_goes_down() {
     // Random init: CE ≈ ln(512) ≈ 6.2. The progressions are learnable from context.
     assert!(first > 5.0, "first loss {first}");
     assert!(last < 0.5, "loss after 40 steps {last} (from {first})");
+}
+
+/// Data parallelism splits each micro-batch into slices weighted by their learnt tokens, so
+/// 1, 2 and 3 threads (3: uneven slices 2 + 2 + 1) make the same updates up to float rounding,
+/// also when a slice has no learnt token at all (it is skipped, not a 0/0).
+#[test]
+fn data_parallel_threads_make_the_same_updates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut data = toy_examples(10, 12, 512, 7);
+    for e in &mut data[..2] {
+        e.learn.iter_mut().for_each(|l| *l = false);
+    }
+    let teacher = load("tiny-llama", &ModelOptions::default());
+    for with_teacher in [false, true] {
+        let run = |threads: usize| {
+            let m = load("tiny-qwen2", &ModelOptions::default());
+            let mut c = cfg(3, 0);
+            c.micro_batch = 5;
+            c.threads = threads;
+            let dir = tmp.path().join(format!("{with_teacher}-{threads}"));
+            let t_ref = with_teacher.then_some(&teacher);
+            let mut t = Trainer::new(&m, t_ref, &data, c, &dir, 509).unwrap();
+            let ms = t.run(3).unwrap();
+            (weights(&m), ms)
+        };
+        let (w1, m1) = run(1);
+        let start = weights(&load("tiny-qwen2", &ModelOptions::default()));
+        for threads in [2, 3] {
+            let (w, m) = run(threads);
+            // Adam divides by √v, so where a gradient is near 0 its rounding shows in the
+            // update: compare the difference of the runs to how far the weights moved.
+            let (mut worst, mut moved) = (0f32, 0f32);
+            for (name, a) in &w1 {
+                for ((x, y), s0) in a.iter().zip(&w[name]).zip(&start[name]) {
+                    worst = worst.max((x - y).abs());
+                    moved = moved.max((x - s0).abs());
+                }
+            }
+            eprintln!(
+                "teacher {with_teacher}, {threads} threads: max weight difference {worst:.2e}, max move {moved:.2e}"
+            );
+            assert!(
+                moved > 1e-3 && worst < 0.02 * moved,
+                "teacher {with_teacher}, {threads} threads: weights differ by {worst} (moved {moved})"
+            );
+            for (x, y) in m1.iter().zip(&m) {
+                assert!((x.loss - y.loss).abs() < 1e-5, "{} vs {}", x.loss, y.loss);
+                assert!(x.loss.is_finite() && (x.grad_norm - y.grad_norm).abs() < 1e-4);
+                assert_eq!(x.target_tokens, y.target_tokens);
+                if with_teacher {
+                    assert!((x.kl.unwrap() - y.kl.unwrap()).abs() < 1e-5);
+                }
+            }
+        }
+    }
+    let mut c = cfg(3, 0);
+    c.threads = 0;
+    let m = load("tiny-qwen2", &ModelOptions::default());
+    let e = Trainer::new(&m, None, &data, c, tmp.path(), 509)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("threads"), "{e}");
 }
 
 #[test]

@@ -523,6 +523,49 @@ fn dgpo_resume_replays_the_uninterrupted_run() {
     assert!(e.contains("no complete RL checkpoint"), "{e}");
 }
 
+/// Micro-batches of a mini-batch computed on parallel threads give the same update as one
+/// after another: each is computed alone and the gradients are summed in micro-batch order.
+#[test]
+fn parallel_update_threads_give_the_same_weights() {
+    let w = world();
+    let teacher = tiny(&w, 12);
+    let run = |update_threads: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let s = tiny(&w, 11);
+        let cfg = RlConfig {
+            steps: 1,
+            mini_batch: 4,
+            micro_batch: 1,
+            update_threads,
+            ..small_cfg(Algo::Dgpo)
+        };
+        let m = train_rl(
+            &s,
+            Some(&teacher),
+            &w.questions,
+            &w.retriever,
+            &cfg,
+            dir.path(),
+            false,
+        )
+        .unwrap();
+        (weights(&s), m)
+    };
+    let start = weights(&tiny(&w, 11));
+    let (w1, m1) = run(1);
+    assert_ne!(w1, start, "the update moved nothing");
+    for threads in [2, 3] {
+        let (wt, mt) = run(threads);
+        assert_eq!(w1, wt, "{threads} update threads");
+        for (a, b) in m1.iter().zip(&mt) {
+            assert_eq!(
+                (a.policy_loss, a.value_loss, a.grad_norm),
+                (b.policy_loss, b.value_loss, b.grad_norm)
+            );
+        }
+    }
+}
+
 #[test]
 fn ppo_and_grpo_run_on_the_same_code() {
     let w = world();

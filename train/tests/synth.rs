@@ -293,6 +293,7 @@ fn sft_on_64_oracle_trajectories_reaches_bound() {
         alpha: 1.0,
         save_every: 0,
         keep_last: 1,
+        threads: 1,
     };
     let t0 = std::time::Instant::now();
     let mut t = Trainer::new(&m, None, &data, tc, &tmp.path().join("exp"), 0).unwrap();
@@ -511,6 +512,7 @@ fn kd_tgo_keeps_correct_teacher_trajectories_and_lowers_kl() {
             alpha: 1.0,
             save_every: 0,
             keep_last: 1,
+            threads: 1,
         },
         source: KdSource::Tgo,
         agent: dgpo_core::agent::AgentConfig {

@@ -49,6 +49,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 use dgpo_core::agent::AgentConfig;
 use dgpo_core::retrieve::Retriever;
@@ -180,6 +181,10 @@ pub struct RlConfig {
     pub keep_last: usize,
     /// Threads running rollouts in parallel (0: one per available core).
     pub rollout_threads: usize,
+    /// Threads computing a mini-batch's micro-batches in parallel in the PPO update (1). For
+    /// the tiny presets, whose kernels run single-threaded; the gradient is the same (summed
+    /// in micro-batch order), each thread holds one micro-batch's activations.
+    pub update_threads: usize,
     /// Measure the KL penalty as the full-vocabulary forward KL(π_ref ‖ π_s) at each generated
     /// position (the project page's formula) instead of the sampled-token estimate
     /// `log π_s(y) − log π_ref(y)` that the authors' code uses (false).
@@ -221,6 +226,7 @@ impl Default for RlConfig {
             save_every: 50,
             keep_last: 3,
             rollout_threads: 0,
+            update_threads: 1,
             full_kl: false,
             pad_id: 0,
         }
@@ -456,6 +462,76 @@ impl Reference<'_> {
             Reference::Owned(m) => Some(m),
         }
     }
+}
+
+/// One micro-batch of the PPO update: its gradients (scaled by `1/nm`, the mini-batch's
+/// micro-batch count) and metrics.
+struct MicroOut {
+    actor: GradStore,
+    /// Value loss, value clip fraction and the critic's gradients (PPO, DGPO).
+    critic: Option<(f64, f64, GradStore)>,
+    policy_loss: f64,
+    entropy: f64,
+    clip_frac: f64,
+    approx_kl: f64,
+}
+
+/// Policy (and value) loss and gradients of one micro-batch of prepared rollouts. Free of
+/// `Run` so that micro-batches can run on parallel threads (`RlConfig::update_threads`).
+fn micro_pass(
+    student: &TrainModel,
+    reference: Option<&TrainModel>,
+    critic: Option<&TrainModel>,
+    cfg: &RlConfig,
+    items: &[&Prepared],
+    nm: f64,
+) -> Result<MicroOut> {
+    let seqs: Vec<Vec<u32>> = items.iter().map(|p| p.ids.clone()).collect();
+    let learn: Vec<Vec<bool>> = items.iter().map(|p| p.learn.clone()).collect();
+    let batch = Batch::new(&seqs, Some(&learn), cfg.pad_id, student.device())?;
+    let dev = student.device();
+    let logits = student.logits(&batch)?;
+    let t = logits.dim(1)?;
+    let logp = token_logprobs(&logits, &batch.ids)?;
+    let dt = logp.dtype();
+    let w = t - 1;
+    let col = |f: &dyn Fn(&Prepared) -> &[f32]| -> Result<Tensor> {
+        let r: Vec<&[f32]> = items.iter().map(|p| f(p)).collect();
+        pad_rows(&r, w, dt, dev)
+    };
+    let mask = batch.target_mask.to_dtype(dt)?;
+    let old = col(&|p| &p.old_logp)?;
+    let adv = col(&|p| &p.adv)?;
+    let pl = policy_loss(&logp, &old, &adv, &mask, cfg.clip_eps)?;
+    let ent = masked_mean(&entropy(&logits.narrow(1, 0, w)?)?, &mask)?;
+    let mut loss = (&pl.loss - (&ent * cfg.entropy_coef)?)?;
+    if cfg.algo == Algo::Grpo && cfg.kl_coef > 0.0 && reference.is_some() {
+        let rf = col(&|p| p.ref_logp.as_deref().unwrap_or(&[]))?;
+        let kl = masked_mean(&low_var_kl(&logp, &rf)?, &mask)?;
+        loss = (loss + (kl * cfg.kl_coef)?)?;
+    }
+    let (policy_loss, entropy) = (scalar(&pl.loss)?, scalar(&ent)?);
+    let actor = (loss / nm)?.backward()?;
+    let critic = match critic {
+        Some(c) => {
+            let v = c.values(&c.hidden(&batch)?)?;
+            let v = crate::loss::wide(&v.narrow(1, 0, w)?)?;
+            let old_v = col(&|p| p.values.as_deref().unwrap_or(&[]))?;
+            let ret = col(&|p| &p.ret)?;
+            let vl = value_loss(&v, &old_v, &ret, &mask, cfg.value_clip)?;
+            let loss = scalar(&vl.loss)?;
+            Some((loss, vl.clip_frac, (vl.loss / nm)?.backward()?))
+        }
+        None => None,
+    };
+    Ok(MicroOut {
+        actor,
+        critic,
+        policy_loss,
+        entropy,
+        clip_frac: pl.clip_frac,
+        approx_kl: pl.approx_kl,
+    })
 }
 
 /// Rows of a (b, w) tensor as f32 vectors cut to `lens[i]` entries.
@@ -703,51 +779,44 @@ impl Run<'_> {
                 let nm = micros.len() as f64;
                 let mut ag = self.actor_opt.zero_grads();
                 let mut cg = self.critic_opt.as_ref().map(AdamW::zero_grads);
-                for micro in micros {
+                let (student, refm, critic) =
+                    (self.student, self.reference.get(), self.critic.as_ref());
+                let pass = |micro: &[usize]| {
                     let items: Vec<&Prepared> = micro.iter().map(|&i| &prep[i]).collect();
-                    let batch = self.batch(&items)?;
-                    let dev = self.student.device();
-                    let logits = self.student.logits(&batch)?;
-                    let t = logits.dim(1)?;
-                    let logp = token_logprobs(&logits, &batch.ids)?;
-                    let dt = logp.dtype();
-                    let w = t - 1;
-                    let col = |f: &dyn Fn(&Prepared) -> &[f32]| -> Result<Tensor> {
-                        let r: Vec<&[f32]> = items.iter().map(|p| f(p)).collect();
-                        pad_rows(&r, w, dt, dev)
+                    micro_pass(student, refm, critic, cfg, &items, nm)
+                };
+                // `update_threads` micro-batches at a time, accumulated in micro-batch order
+                // (one at a time, as soon as it is done, when sequential: less memory).
+                for wave in micros.chunks(cfg.update_threads.max(1)) {
+                    let outs: Vec<Result<MicroOut>> = if wave.len() == 1 {
+                        vec![pass(wave[0])]
+                    } else {
+                        std::thread::scope(|sc| {
+                            let hs: Vec<_> = wave.iter().map(|m| sc.spawn(|| pass(m))).collect();
+                            hs.into_iter()
+                                .map(|h| {
+                                    h.join().unwrap_or_else(|_| {
+                                        Err(Error::invalid("a PPO update thread panicked"))
+                                    })
+                                })
+                                .collect()
+                        })
                     };
-                    let mask = batch.target_mask.to_dtype(dt)?;
-                    let old = col(&|p| &p.old_logp)?;
-                    let adv = col(&|p| &p.adv)?;
-                    let pl = policy_loss(&logp, &old, &adv, &mask, cfg.clip_eps)?;
-                    let ent = masked_mean(&entropy(&logits.narrow(1, 0, w)?)?, &mask)?;
-                    let mut loss = (&pl.loss - (&ent * cfg.entropy_coef)?)?;
-                    if cfg.algo == Algo::Grpo && cfg.kl_coef > 0.0 && self.reference.get().is_some()
-                    {
-                        let rf = col(&|p| p.ref_logp.as_deref().unwrap_or(&[]))?;
-                        let kl = masked_mean(&low_var_kl(&logp, &rf)?, &mask)?;
-                        loss = (loss + (kl * cfg.kl_coef)?)?;
-                    }
-                    pls.push(scalar(&pl.loss)?);
-                    ents.push(scalar(&ent)?);
-                    cfs.push(pl.clip_frac);
-                    aks.push(pl.approx_kl);
-                    let store = (loss / nm)?.backward()?;
-                    self.actor_opt.accumulate(&mut ag, &store)?;
-                    drop(store);
-                    if let (Some(c), Some(cg)) = (&self.critic, cg.as_mut()) {
-                        let v = c.values(&c.hidden(&batch)?)?;
-                        let v = crate::loss::wide(&v.narrow(1, 0, w)?)?;
-                        let old_v = col(&|p| p.values.as_deref().unwrap_or(&[]))?;
-                        let ret = col(&|p| &p.ret)?;
-                        let vl = value_loss(&v, &old_v, &ret, &mask, cfg.value_clip)?;
-                        vls.push(scalar(&vl.loss)?);
-                        vcfs.push(vl.clip_frac);
-                        let store = (vl.loss / nm)?.backward()?;
-                        self.critic_opt
-                            .as_ref()
-                            .expect("critic has an optimiser")
-                            .accumulate(cg, &store)?;
+                    for out in outs {
+                        let out = out?;
+                        pls.push(out.policy_loss);
+                        ents.push(out.entropy);
+                        cfs.push(out.clip_frac);
+                        aks.push(out.approx_kl);
+                        self.actor_opt.accumulate(&mut ag, &out.actor)?;
+                        if let (Some((vl, vcf, store)), Some(cg)) = (out.critic, cg.as_mut()) {
+                            vls.push(vl);
+                            vcfs.push(vcf);
+                            self.critic_opt
+                                .as_ref()
+                                .expect("critic has an optimiser")
+                                .accumulate(cg, &store)?;
+                        }
                     }
                 }
                 let gn = if cfg.max_grad_norm > 0.0 {
