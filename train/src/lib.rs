@@ -32,6 +32,14 @@ pub use model::{Batch, ModelOptions, TrainModel};
 /// model's logits, embedding gradients: 300-550 MB each) still went to `mmap`, and zeroing their
 /// pages was a third of a Qwen2.5-0.5B update; so `mmap` is switched off for `malloc`
 /// altogether: every block comes from the heap and is reused once freed.
+///
+/// That holds for the main arena only. Threads that allocate (the data-parallel slices of a
+/// supervised step, the PPO update's micro-batches, parallel rollouts) get arenas of their own,
+/// whose heaps glibc unmaps and shrinks when they empty, whatever the trim threshold: the
+/// teacher preset's fine-tuning with two training threads ran at 110,000 page faults/s, a
+/// quarter of its CPU time in the kernel, 33 updates/min. So every thread shares the main
+/// arena (`M_ARENA_MAX` 1): 0 faults/s and 49 updates/min on the same run (2 cores). The
+/// allocations are few and large (whole tensors), so the one arena lock is not contended.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn keep_freed_memory() {
     // SAFETY: mallopt only changes allocator parameters; glibc serialises it with the arenas'
@@ -40,6 +48,7 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 
@@ -60,3 +69,44 @@ pub fn release_freed_memory() {}
 /// Keep freed tensor buffers in the heap (a no-op off glibc).
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn keep_freed_memory() {}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    /// Minor page faults of the calling thread so far.
+    fn thread_faults() -> i64 {
+        // SAFETY: getrusage writes into the zeroed struct it is given.
+        unsafe {
+            let mut u: libc::rusage = std::mem::zeroed();
+            assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, &mut u), 0);
+            u.ru_minflt
+        }
+    }
+
+    #[test]
+    fn a_worker_threads_freed_buffers_are_reused_without_page_faults() {
+        super::keep_freed_memory();
+        // A training thread's pattern: the same large buffers allocated, written and freed
+        // every step. The first step faults its pages in; once they stay in the (shared)
+        // arena, later steps must not fault them in again (a thread arena of its own gave
+        // back its emptied heap, and each step re-faulted ~2,000 pages per 8 MiB buffer).
+        let later = std::thread::spawn(|| {
+            let step = || {
+                let bufs: Vec<Vec<u8>> = (0..4).map(|i| vec![i as u8 + 1; 8 << 20]).collect();
+                std::hint::black_box(&bufs);
+            };
+            step();
+            let before = thread_faults();
+            for _ in 0..10 {
+                step();
+            }
+            thread_faults() - before
+        })
+        .join()
+        .unwrap();
+        // 10 steps × 4 buffers × 2,048 pages would be ~80,000 faults if they were returned.
+        assert!(
+            later < 2_000,
+            "{later} page faults in 10 steps of reused buffers"
+        );
+    }
+}
