@@ -5,7 +5,9 @@
 //! run directly on the base student; DGPO starts from the KD student (its cold start) and uses
 //! the teacher as the reference of its selective KL penalty. Every stage is cached in the
 //! experiment folder (`seed-<s>/kd/final`, `seed-<s>/<algo>/final`), so a rerun only does what
-//! is missing.
+//! is missing. With [`DemoConfig::rl_holdout`] > 0 the KD stage distils on the first training
+//! questions and every RL run trains on the held-out rest; `split.json` records the split, and
+//! a folder made with another split is refused rather than reused.
 //!
 //! Output in the experiment folder: `demo.md` (EM per model and data source, mean ± half-range
 //! over seeds, with the ARCap columns of the first seed), `demo.json` (everything),
@@ -23,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::QaRow;
 use crate::evaluate::{EvalOptions, evaluate_models, write_report};
 use crate::model::{ModelOptions, TrainModel};
-use crate::phases::{KdConfig, KdSource, TGO_FILE, run_kd};
+use crate::phases::{KdConfig, KdSource, TGO_FILE, run_kd, split_rl_holdout};
 use crate::rl::{Algo, RlConfig, RlMetrics, read_metrics, train_rl};
 
 /// Settings of the whole run.
@@ -47,6 +49,9 @@ pub struct DemoConfig {
     pub algos: Vec<Algo>,
     /// Evaluation of every model.
     pub eval: EvalOptions,
+    /// Fraction of the training questions (the last ones) kept for RL alone: KD never sees
+    /// them (see [`split_rl_holdout`]). 0: both phases on every question, as in the paper.
+    pub rl_holdout: f64,
 }
 
 /// One model's EM on one data source, over seeds.
@@ -146,6 +151,47 @@ fn share_teacher_trajectories(cfg: &DemoConfig, kd_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The question split an experiment folder was made with, as `split.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Split {
+    rl_holdout: f64,
+    kd_questions: usize,
+    rl_questions: usize,
+}
+
+const SPLIT_FILE: &str = "split.json";
+
+/// Record the question split in `exp_dir`, or refuse one that differs from the recorded one:
+/// the cached stages (KD students, RL runs) were trained on the recorded split, and reusing them
+/// under another would silently mix two experiments.
+fn check_split(exp_dir: &Path, rl_holdout: f64, kd: usize, rl: usize) -> Result<()> {
+    let want = Split {
+        rl_holdout,
+        kd_questions: kd,
+        rl_questions: rl,
+    };
+    let path = exp_dir.join(SPLIT_FILE);
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let had: Split = serde_json::from_str(&text)
+            .map_err(|e| Error::format(&path, format!("not a question split: {e}")))?;
+        if had != want {
+            return Err(Error::invalid(format!(
+                "{} was made with --rl-holdout {} ({} KD / {} RL questions), not {} ({kd} / {rl}): \
+                 its cached stages belong to that split; use another experiment name",
+                exp_dir.display(),
+                had.rl_holdout,
+                had.kd_questions,
+                had.rl_questions,
+                rl_holdout
+            )));
+        }
+        return Ok(());
+    }
+    let json = serde_json::to_vec_pretty(&want).map_err(|e| Error::invalid(e.to_string()))?;
+    write_atomic(&path, &json)
+}
+
 /// Run everything that is missing, evaluate, and write the report files.
 pub fn run_demo(
     cfg: &DemoConfig,
@@ -156,7 +202,16 @@ pub fn run_demo(
     if cfg.seeds.is_empty() {
         return Err(Error::invalid("the demo needs at least one seed"));
     }
+    let (kd_qs, rl_qs) = split_rl_holdout(train_qs, cfg.rl_holdout)?;
+    if cfg.rl_holdout > 0.0 {
+        tracing::info!(
+            kd = kd_qs.len(),
+            rl = rl_qs.len(),
+            "KD distils on the first training questions, RL runs on the held-out rest"
+        );
+    }
     std::fs::create_dir_all(&cfg.exp_dir).map_err(|e| Error::io(&cfg.exp_dir, e))?;
+    check_split(&cfg.exp_dir, cfg.rl_holdout, kd_qs.len(), rl_qs.len())?;
     let mut stage_secs = BTreeMap::new();
     let mut per_seed_models: Vec<Vec<(String, PathBuf)>> = Vec::new();
     for &seed in &cfg.seeds {
@@ -176,14 +231,7 @@ pub fn run_demo(
             } else {
                 tracing::info!(seed, "KD: the teacher answers the training questions");
             }
-            run_kd(
-                &cfg.student,
-                &cfg.teacher,
-                train_qs,
-                retriever,
-                &kd_dir,
-                &kd,
-            )?;
+            run_kd(&cfg.student, &cfg.teacher, kd_qs, retriever, &kd_dir, &kd)?;
             stage_secs.insert(format!("seed-{seed}/kd"), t.elapsed().as_secs_f64());
         }
         models.push(("kd".to_string(), kd_final.clone()));
@@ -225,7 +273,7 @@ pub fn run_demo(
                 train_rl(
                     &student,
                     teacher.as_ref(),
-                    train_qs,
+                    rl_qs,
                     retriever,
                     &rl,
                     &dir,
@@ -404,6 +452,7 @@ mod tests {
             rl: RlConfig::default(),
             algos: vec![Algo::Dgpo],
             eval: EvalOptions::default(),
+            rl_holdout: 0.0,
         }
     }
 
@@ -436,5 +485,27 @@ mod tests {
         // The first seed itself has nothing to copy from.
         share_teacher_trajectories(&cfg, &first).unwrap();
         assert!(std::fs::read_dir(&first).unwrap().count() == 1);
+    }
+
+    #[test]
+    fn an_experiment_keeps_the_question_split_it_was_made_with() {
+        let tmp = tempfile::tempdir().unwrap();
+        // First use records the split; the same split again is accepted.
+        check_split(tmp.path(), 0.2, 640, 160).unwrap();
+        check_split(tmp.path(), 0.2, 640, 160).unwrap();
+        let text = std::fs::read_to_string(tmp.path().join(SPLIT_FILE)).unwrap();
+        assert!(text.contains("\"rl_questions\": 160"), "{text}");
+        // Another split would reuse stages trained on this one: refused, naming both.
+        let e = check_split(tmp.path(), 0.0, 800, 800)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--rl-holdout 0.2 (640 KD / 160 RL"), "{e}");
+        assert!(e.contains("not 0 (800 / 800)"), "{e}");
+        // A damaged record is an error naming the file, not a silent overwrite.
+        std::fs::write(tmp.path().join(SPLIT_FILE), "{").unwrap();
+        let e = check_split(tmp.path(), 0.2, 640, 160)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(SPLIT_FILE), "{e}");
     }
 }

@@ -67,6 +67,11 @@ struct Cli {
     /// Critic learning rate [paper: 1e-5; tiny: 1e-3].
     #[arg(long)]
     critic_lr: Option<f64>,
+    /// Fraction of the training questions (the last ones) kept for RL alone: KD distils on the
+    /// rest (`--phase all|kd`), RL trains on these (`all|rl`). 0 = the paper's setting, both on
+    /// every question. See `train::phases::split_rl_holdout`.
+    #[arg(long, default_value_t = 0.0)]
+    rl_holdout: f64,
     /// Ablation: apply the KL penalty on every rollout, not only on failed ones.
     #[arg(long)]
     no_selective: bool,
@@ -400,6 +405,7 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
             if let Some(n) = cli.max_questions {
                 qs.truncate(n);
             }
+            let (qs, _) = train::phases::split_rl_holdout(&qs, cli.rl_holdout)?;
             let retriever = open_retriever(cli, &ds)?;
             let concurrency = cli
                 .concurrency
@@ -419,7 +425,7 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
             let out = train::phases::run_kd(
                 &student_dir,
                 &teacher_path,
-                &qs,
+                qs,
                 retriever.as_ref(),
                 &exp_dir,
                 &kd,
@@ -509,10 +515,11 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
                     ..rl
                 };
                 let teacher_ref = (algo == train::rl::Algo::Dgpo).then_some(&t);
+                let (_, rl_qs) = train::phases::split_rl_holdout(&qs, cli.rl_holdout)?;
                 train::rl::train_rl(
                     &s,
                     teacher_ref,
-                    &qs,
+                    rl_qs,
                     retriever.as_ref(),
                     &cfg,
                     &exp_dir,
@@ -561,6 +568,7 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
                     concurrency,
                     agent,
                 },
+                rl_holdout: cli.rl_holdout,
             };
             let report = train::demo::run_demo(&demo, &qs, retriever.as_ref())?;
             println!("{}", train::demo::em_markdown(&report, demo.seeds.len()));

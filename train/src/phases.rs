@@ -102,6 +102,34 @@ pub fn default_concurrency() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Split the training questions into the part the cold start (KD) distils on and the part kept
+/// for RL alone: the last `rl_holdout` fraction (rounded to whole questions) is held out.
+/// `rl_holdout = 0` gives the paper's setting, both phases on every question.
+///
+/// Why: a compact student distilled for many epochs on a small question set memorises the
+/// answers, so RL's exact-match reward on those same questions rewards recall, not reading
+/// (README "The DGPO demo"). On held-out questions a rollout succeeds only by searching and
+/// reading. The split is by position: the synthetic world lists each person's questions
+/// together, in random person order, so a tail holds out whole people; Search-R1's train files
+/// are ordered by data source, so shuffle such a file first.
+pub fn split_rl_holdout(questions: &[QaRow], rl_holdout: f64) -> Result<(&[QaRow], &[QaRow])> {
+    if !(0.0..1.0).contains(&rl_holdout) {
+        return Err(Error::invalid(format!(
+            "the RL hold-out is a fraction in [0, 1), not {rl_holdout}"
+        )));
+    }
+    if rl_holdout == 0.0 {
+        return Ok((questions, questions));
+    }
+    let held = (questions.len() as f64 * rl_holdout).round() as usize;
+    if held == 0 || held == questions.len() {
+        return Err(Error::invalid(format!(
+            "an RL hold-out of {rl_holdout} of {} training questions leaves one phase without questions",
+            questions.len()
+        )));
+    }
+    Ok(questions.split_at(questions.len() - held))
+}
 /// Run `model` through the agent loop on every question with `concurrency` workers, keeping
 /// the trajectories in question order (only the exactly-correct ones when `correct_only`).
 pub fn generate(
@@ -613,5 +641,36 @@ mod tests {
         assert_eq!(normalize_answer("A cat, an owl"), "cat owl");
         assert!(exact_match("the Beatles", &["Beatles".into()]));
         assert!(!exact_match("Beatle", &["Beatles".into()]));
+    }
+
+    #[test]
+    fn rl_holdout_keeps_the_tail_for_rl_alone() {
+        let qs: Vec<QaRow> = (0..10)
+            .map(|i| QaRow {
+                id: format!("q{i}"),
+                question: format!("question {i}?"),
+                golden_answers: vec![i.to_string()],
+                data_source: "synth-nq".into(),
+            })
+            .collect();
+        let ids = |part: &[QaRow]| part.iter().map(|q| q.id.clone()).collect::<Vec<_>>();
+        // 0: the paper's setting, both phases see every question.
+        let (kd, rl) = split_rl_holdout(&qs, 0.0).unwrap();
+        assert_eq!((kd.len(), rl.len()), (10, 10));
+        // 0.2 of 10: the last two, disjoint from KD's eight.
+        let (kd, rl) = split_rl_holdout(&qs, 0.2).unwrap();
+        assert_eq!(ids(rl), ["q8", "q9"]);
+        assert_eq!(ids(kd).len(), 8);
+        assert!(ids(kd).iter().all(|k| !ids(rl).contains(k)));
+        // Rounded to whole questions: 0.25 of 10 is 3 (2.5 rounds away from zero).
+        assert_eq!(split_rl_holdout(&qs, 0.25).unwrap().1.len(), 3);
+        // A phase left empty, or no fraction at all, is refused with the numbers.
+        let e = split_rl_holdout(&qs, 0.01).unwrap_err().to_string();
+        assert!(e.contains("0.01 of 10"), "{e}");
+        assert!(split_rl_holdout(&qs[..1], 0.9).is_err());
+        for bad in [1.0, -0.1, f64::NAN] {
+            let e = split_rl_holdout(&qs, bad).unwrap_err().to_string();
+            assert!(e.contains("fraction"), "{e}");
+        }
     }
 }
