@@ -188,6 +188,7 @@ fn small_presets(teacher_sft_steps: usize) -> train::presets::PresetConfig {
             pretrain: stage(4, 3e-3, 4),
             pretrain_seq_len: 64,
             sft: None,
+            sft_name_swaps: 0,
             seed: 1,
         },
         teacher: PresetSpec {
@@ -201,6 +202,8 @@ fn small_presets(teacher_sft_steps: usize) -> train::presets::PresetConfig {
             pretrain: stage(2, 3e-3, 4),
             pretrain_seq_len: 64,
             sft: Some(stage(teacher_sft_steps, 1e-2, 4)),
+            // The test's teacher must memorise its few trajectories.
+            sft_name_swaps: 0,
             seed: 2,
         },
     }

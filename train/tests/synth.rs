@@ -575,7 +575,7 @@ fn presets_build_once_and_resolve() {
         micro_batch: 4,
         save_every: 3,
     };
-    let spec = |hidden, sft: Option<Stage>| PresetSpec {
+    let spec = |hidden, sft: Option<Stage>, sft_name_swaps| PresetSpec {
         shape: Shape {
             hidden,
             intermediate: 2 * hidden,
@@ -586,11 +586,13 @@ fn presets_build_once_and_resolve() {
         pretrain: stage(8),
         pretrain_seq_len: 64,
         sft,
+        sft_name_swaps,
         seed: 1,
     };
     let mut cfg = PresetConfig {
-        tiny: spec(32, None),
-        teacher: spec(48, Some(stage(3))),
+        tiny: spec(32, None, 0),
+        // The teacher fine-tunes on name-swapped copies (the demo's setting).
+        teacher: spec(48, Some(stage(3)), 2),
     };
     let roots = tmp.path().join("exp");
     let dir = build_preset("tiny", &p.dir, &roots, &cfg).unwrap();
@@ -635,4 +637,38 @@ fn presets_build_once_and_resolve() {
         e.contains("tiny-teacher") && e.contains("Hugging Face"),
         "{e}"
     );
+}
+
+/// The teacher's fine-tuning data with name swaps: `swaps` copies of the trajectories, each
+/// with the same mask layout as its original and the asked person renamed in most; without the
+/// world they were prepared from the swap is refused by name rather than silently skipped.
+#[test]
+fn name_swapped_sft_examples_need_their_world() {
+    use train::presets::{sft_examples, trajectory_examples};
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tiny_prepared(&tmp.path().join("synth"));
+    let tok = train::synth::prepare::load_tokenizer(&p.tokenizer()).unwrap();
+    let plain = trajectory_examples(&p.dir).unwrap();
+    assert_eq!(sft_examples(&p.dir, &tok, 0, 1).unwrap(), plain);
+    let swapped = sft_examples(&p.dir, &tok, 3, 1).unwrap();
+    assert_eq!(swapped.len(), 3 * plain.len());
+    let renamed = swapped
+        .iter()
+        .zip(plain.iter().cycle())
+        .filter(|(s, o)| s.ids != o.ids)
+        .count();
+    // 3 training people: a question keeps its person with probability 1/3.
+    assert!(
+        renamed >= swapped.len() / 3,
+        "{renamed} of {}",
+        swapped.len()
+    );
+    for (s, o) in swapped.iter().zip(plain.iter().cycle()) {
+        // The swap never moves a boundary between learnt and observation tokens.
+        let runs = |l: &[bool]| l.windows(2).filter(|w| w[0] != w[1]).count();
+        assert_eq!(runs(&s.learn), runs(&o.learn));
+    }
+    std::fs::remove_file(p.dir.join("world.json")).unwrap();
+    let e = sft_examples(&p.dir, &tok, 3, 1).unwrap_err().to_string();
+    assert!(e.contains("world.json"), "{e}");
 }

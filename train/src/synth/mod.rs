@@ -2,6 +2,7 @@
 //! as a wiki-18 corpus, single-hop and two-hop question sets in Search-R1's schema, and a
 //! byte-level BPE tokenizer trained on the corpus.
 
+pub mod name_swap;
 pub mod oracle;
 pub mod prepare;
 pub mod tokenizer;
