@@ -46,7 +46,8 @@ struct StoreArgs {
     /// Passages per committed chunk (the most an interruption can lose).
     #[arg(long, default_value_t = 4096)]
     chunk_size: usize,
-    /// Seed of the ANN build.
+    /// Seed of the ANN build (arroy builds are reproducible with it; hannoy inserts in parallel
+    /// and two builds of one corpus differ).
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// No progress bar.
