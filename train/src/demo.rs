@@ -157,6 +157,10 @@ struct Split {
     rl_holdout: f64,
     kd_questions: usize,
     rl_questions: usize,
+    /// Name-swapped copies the KD stage distils on (0: none; absent in folders made before
+    /// KD swapped names, which distilled on the trajectories as they are).
+    #[serde(default)]
+    kd_name_swaps: usize,
 }
 
 const SPLIT_FILE: &str = "split.json";
@@ -164,17 +168,32 @@ const SPLIT_FILE: &str = "split.json";
 /// Record the question split in `exp_dir`, or refuse one that differs from the recorded one:
 /// the cached stages (KD students, RL runs) were trained on the recorded split, and reusing them
 /// under another would silently mix two experiments.
-fn check_split(exp_dir: &Path, rl_holdout: f64, kd: usize, rl: usize) -> Result<()> {
+fn check_split(
+    exp_dir: &Path,
+    rl_holdout: f64,
+    kd: usize,
+    rl: usize,
+    kd_name_swaps: usize,
+) -> Result<()> {
     let want = Split {
         rl_holdout,
         kd_questions: kd,
         rl_questions: rl,
+        kd_name_swaps,
     };
     let path = exp_dir.join(SPLIT_FILE);
     if path.exists() {
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let had: Split = serde_json::from_str(&text)
             .map_err(|e| Error::format(&path, format!("not a question split: {e}")))?;
+        if had.kd_name_swaps != want.kd_name_swaps {
+            return Err(Error::invalid(format!(
+                "{} was made with --kd-name-swaps {}, not {kd_name_swaps}: its cached KD students \
+                 distilled on other data; use another experiment name",
+                exp_dir.display(),
+                had.kd_name_swaps
+            )));
+        }
         if had != want {
             return Err(Error::invalid(format!(
                 "{} was made with --rl-holdout {} ({} KD / {} RL questions), not {} ({kd} / {rl}): \
@@ -211,7 +230,14 @@ pub fn run_demo(
         );
     }
     std::fs::create_dir_all(&cfg.exp_dir).map_err(|e| Error::io(&cfg.exp_dir, e))?;
-    check_split(&cfg.exp_dir, cfg.rl_holdout, kd_qs.len(), rl_qs.len())?;
+    let swaps = cfg.kd.name_swaps.as_ref().map_or(0, |s| s.copies);
+    check_split(
+        &cfg.exp_dir,
+        cfg.rl_holdout,
+        kd_qs.len(),
+        rl_qs.len(),
+        swaps,
+    )?;
     let mut stage_secs = BTreeMap::new();
     let mut per_seed_models: Vec<Vec<(String, PathBuf)>> = Vec::new();
     for &seed in &cfg.seeds {
@@ -448,6 +474,7 @@ mod tests {
                 sgo_rounds: 1,
                 concurrency: 1,
                 resume: true,
+                name_swaps: None,
             },
             rl: RlConfig::default(),
             algos: vec![Algo::Dgpo],
@@ -491,19 +518,34 @@ mod tests {
     fn an_experiment_keeps_the_question_split_it_was_made_with() {
         let tmp = tempfile::tempdir().unwrap();
         // First use records the split; the same split again is accepted.
-        check_split(tmp.path(), 0.2, 640, 160).unwrap();
-        check_split(tmp.path(), 0.2, 640, 160).unwrap();
+        check_split(tmp.path(), 0.2, 640, 160, 0).unwrap();
+        check_split(tmp.path(), 0.2, 640, 160, 0).unwrap();
         let text = std::fs::read_to_string(tmp.path().join(SPLIT_FILE)).unwrap();
         assert!(text.contains("\"rl_questions\": 160"), "{text}");
         // Another split would reuse stages trained on this one: refused, naming both.
-        let e = check_split(tmp.path(), 0.0, 800, 800)
+        let e = check_split(tmp.path(), 0.0, 800, 800, 0)
             .unwrap_err()
             .to_string();
         assert!(e.contains("--rl-holdout 0.2 (640 KD / 160 RL"), "{e}");
         assert!(e.contains("not 0 (800 / 800)"), "{e}");
+        // KD students distilled on name-swapped copies are not those of plain trajectories.
+        let e = check_split(tmp.path(), 0.2, 640, 160, 15)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--kd-name-swaps 0, not 15"), "{e}");
+        // A record written before KD swapped names means no swaps.
+        let old = tmp.path().join("old");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(
+            old.join(SPLIT_FILE),
+            r#"{"rl_holdout": 0.0, "kd_questions": 800, "rl_questions": 800}"#,
+        )
+        .unwrap();
+        check_split(&old, 0.0, 800, 800, 0).unwrap();
+        assert!(check_split(&old, 0.0, 800, 800, 15).is_err());
         // A damaged record is an error naming the file, not a silent overwrite.
         std::fs::write(tmp.path().join(SPLIT_FILE), "{").unwrap();
-        let e = check_split(tmp.path(), 0.2, 640, 160)
+        let e = check_split(tmp.path(), 0.2, 640, 160, 0)
             .unwrap_err()
             .to_string();
         assert!(e.contains(SPLIT_FILE), "{e}");

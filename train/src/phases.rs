@@ -4,7 +4,8 @@
 //! KD data comes from one of two sources ([`KdSource`]):
 //! - **TGO** (teacher-generated outputs, the paper's cold start): the teacher runs the agent loop
 //!   greedily on the training questions and only its exactly-correct trajectories are kept
-//!   ([`collect_correct`]).
+//!   ([`collect_correct`]). With [`KdConfig::name_swaps`] the student distils on name-swapped
+//!   copies of them instead ([`kd_examples`]), so it cannot memorise the training people.
 //! - **SGO** (student-generated outputs, the on-policy comparison): the *student* samples
 //!   trajectories (temperature 1) on the training questions, all of them kept, and the same loss
 //!   is applied on them with the teacher's distributions. Generation is refreshed in rounds: the
@@ -27,6 +28,7 @@ use dgpo_core::{Error, Result};
 use crate::checkpoint::{StepMetrics, list_checkpoints};
 use crate::data::QaRow;
 use crate::model::{ModelOptions, TrainModel};
+use crate::synth::name_swap::SwapCopies;
 use crate::synth::prepare::{read_rollouts, write_rollouts};
 use crate::trainer::{Example, TrainConfig, Trainer};
 
@@ -326,6 +328,31 @@ pub struct KdConfig {
     pub concurrency: usize,
     /// Continue from the newest checkpoint (and cached trajectories) of the experiment.
     pub resume: bool,
+    /// TGO: distil on name-swapped copies of the teacher's trajectories instead of the
+    /// trajectories themselves (see [`crate::synth::name_swap`]). The teacher is scored online
+    /// on every batch, so its distributions are those of the swapped text. Why: the teacher's
+    /// trajectories are of the training questions, and a student distilled on them as they are
+    /// memorises the training people's facts instead of reading them from the retrieved
+    /// passages. `None`: the trajectories as generated.
+    pub name_swaps: Option<SwapCopies>,
+}
+
+/// The examples a TGO run distils on: the teacher's kept `rollouts`, or `swaps.copies`
+/// name-swapped copies of them (permutations seeded by `seed`).
+pub fn kd_examples(
+    rollouts: &[Rollout],
+    swaps: Option<&SwapCopies>,
+    seed: u64,
+) -> Result<Vec<Example>> {
+    match swaps {
+        None => rollouts.iter().map(Example::from_rollout).collect(),
+        Some(s) => s
+            .swap
+            .copies(rollouts, s.copies, seed)?
+            .iter()
+            .map(Example::from_rollout)
+            .collect(),
+    }
 }
 
 /// What a KD run did.
@@ -497,6 +524,11 @@ pub fn run_kd_models(
             s.vocab_size()
         )));
     }
+    if cfg.source == KdSource::Sgo && cfg.name_swaps.is_some() {
+        return Err(Error::invalid(
+            "name swaps apply to the teacher's trajectories (TGO); SGO distils on the student's own samples as they are",
+        ));
+    }
     if !cfg.resume {
         clear_checkpoints(exp)?;
     }
@@ -538,17 +570,33 @@ pub fn run_kd_models(
                     questions.len()
                 )));
             }
-            let examples: Vec<Example> = rollouts
-                .iter()
-                .map(Example::from_rollout)
-                .collect::<Result<_>>()?;
+            if let Some(sw) = &cfg.name_swaps
+                && rollouts
+                    .iter()
+                    .take(16)
+                    .all(|r| sw.swap.count(&r.prompt_ids) == 0)
+            {
+                return Err(Error::format(
+                    &cache,
+                    "name swaps asked for, but no swappable name in the trajectories' questions: the world the swap was made from does not match these data",
+                ));
+            }
+            let examples = kd_examples(&rollouts, cfg.name_swaps.as_ref(), cfg.train.seed)?;
+            if let Some(sw) = &cfg.name_swaps {
+                tracing::info!(
+                    trajectories = rollouts.len(),
+                    copies = sw.copies,
+                    names = sw.swap.len(),
+                    "distilling on name-swapped copies"
+                );
+            }
             let ms = train_until(s, t_ref, &examples, &cfg.train, exp, cfg.resume, steps)?;
             let fin = exp.join("final");
             s.save(&fin)?;
             Ok(KdOutcome {
                 final_dir: fin,
                 tried,
-                kept: examples.len(),
+                kept: rollouts.len(),
                 metrics: ms,
             })
         }

@@ -336,25 +336,9 @@ pub fn sft_examples(
     if swaps == 0 {
         return trajectory_examples(data_dir);
     }
-    let wp = data_dir.join(crate::synth::prepare::WORLD_FILE);
-    if !wp.exists() {
-        return Err(Error::format(
-            &wp,
-            "name-swapped fine-tuning needs the synthetic world this folder was prepared from (world.json is missing; set sft_name_swaps to 0 for other data)",
-        ));
-    }
     let tp = data_dir.join("trajectories.jsonl");
     let rs = crate::synth::prepare::read_rollouts(&tp)?;
-    let cfg = crate::synth::prepare::PrepareConfig::for_folder(data_dir)?;
-    let world = crate::synth::World::generate(&cfg.world)?;
-    let swap = NameSwap::new(tok, &NameSwap::training_people(&world))?;
-    // A world that does not match the trajectories would make the swap a silent no-op.
-    if rs.first().is_some_and(|r| swap.count(&r.prompt_ids) == 0) {
-        return Err(Error::format(
-            &tp,
-            "no training person's name in the first trajectory's question: trajectories.jsonl and world.json do not match",
-        ));
-    }
+    let swap = NameSwap::for_data_folder(data_dir, tok, &rs)?;
     swap.copies(&rs, swaps, seed)?
         .iter()
         .map(Example::from_rollout)

@@ -484,21 +484,27 @@ fn demo_runs_kd_rl_and_evaluation_then_reuses_its_stages() {
     // Its stages were trained with KD and RL on the same questions: asking for an RL hold-out
     // in the same folder is refused before anything runs, rather than mixing two experiments.
     let before = std::fs::read(exp.join("demo.json")).unwrap();
-    let out = {
+    let rerun = |args: &[&str]| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_train"));
         c.arg(&data)
             .args(["tiny", "tiny-teacher", "demo", "--max-questions", "3"])
-            .args(["--rl-holdout", "0.34"])
+            .args(args)
             .env("EXP_ROOT", tmp.path().join("exp"))
             .env("TRAIN_PRESETS", &presets)
             .env("RUST_LOG", "warn");
         c.output().unwrap()
     };
+    let out = rerun(&["--kd-source", "sgo", "--rl-holdout", "0.34"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
         err.contains("--rl-holdout 0 (3 KD / 3 RL questions), not 0.34 (2 / 1)"),
         "{err}"
     );
+    // Likewise KD on name-swapped copies: the KD students here distilled on unswapped data.
+    let out = rerun(&["--kd-name-swaps", "15"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--kd-name-swaps 0, not 15"), "{err}");
     assert_eq!(std::fs::read(exp.join("demo.json")).unwrap(), before);
 }

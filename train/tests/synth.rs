@@ -523,6 +523,7 @@ fn kd_tgo_keeps_correct_teacher_trajectories_and_lowers_kl() {
         sgo_rounds: 1,
         concurrency: 2,
         resume: false,
+        name_swaps: None,
     };
     let exp = tmp.path().join("exp");
     let out = run_kd_models(
@@ -557,6 +558,93 @@ fn kd_tgo_keeps_correct_teacher_trajectories_and_lowers_kl() {
     )
     .unwrap();
     assert_eq!((again.tried, again.kept, again.metrics.len()), (0, 5, 0));
+
+    // Name-swapped KD: the same 5 trajectories, 2 swapped copies each, the teacher scored on
+    // the swapped text; the forward KL still falls.
+    use train::phases::kd_examples;
+    use train::synth::name_swap::{NameSwap, SwapCopies};
+    let swap = NameSwap::for_data_folder(&p.dir, &tok, &kept).unwrap();
+    let sw = SwapCopies { swap, copies: 2 };
+    let plain = kd_examples(&kept, None, 0).unwrap();
+    let swapped = kd_examples(&kept, Some(&sw), 0).unwrap();
+    assert_eq!(swapped.len(), 10);
+    assert_ne!(&swapped[..5], &plain[..], "the first copy must swap names");
+    for (x, r) in swapped.iter().zip(kept.iter().cycle()) {
+        let n = |ids: &[u32]| sw.swap.count(ids);
+        assert_eq!(n(&x.ids), n(&r.prompt_ids) + n(&r.response_ids));
+    }
+    let exp2 = tmp.path().join("exp-swap");
+    std::fs::create_dir_all(&exp2).unwrap();
+    std::fs::copy(exp.join(TGO_FILE), exp2.join(TGO_FILE)).unwrap();
+    let swapped_cfg = KdConfig {
+        resume: true,
+        name_swaps: Some(sw.clone()),
+        ..cfg.clone()
+    };
+    let student2 = tiny_model(&p.tokenizer(), 32, 1, 1);
+    let out = run_kd_models(
+        &student2,
+        None,
+        Some(&teacher),
+        &qs,
+        &retriever,
+        &exp2,
+        &swapped_cfg,
+    )
+    .unwrap();
+    assert_eq!((out.kept, out.metrics.len()), (5, steps));
+    let first = out.metrics[0].kl.unwrap();
+    let last = out.metrics.last().unwrap().kl.unwrap();
+    assert!(
+        last < first * 0.9,
+        "forward KL on swapped copies {first} -> {last}"
+    );
+    // Names from another world would swap nothing: refused, naming the trajectories.
+    let alien = NameSwap::new(&tok, &["Qqq Zzz".to_string()]).unwrap();
+    let e = run_kd_models(
+        &student2,
+        None,
+        Some(&teacher),
+        &qs,
+        &retriever,
+        &exp2,
+        &KdConfig {
+            name_swaps: Some(SwapCopies {
+                swap: alien,
+                copies: 2,
+            }),
+            ..swapped_cfg.clone()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains(TGO_FILE) && e.contains("no swappable name"),
+        "{e}"
+    );
+    // SGO distils the student's own samples: swaps are refused before anything is touched.
+    let ckpts = exp.join("checkpoints");
+    let had = ckpts.exists();
+    let e = run_kd_models(
+        &student2,
+        None,
+        Some(&teacher),
+        &qs,
+        &retriever,
+        &exp,
+        &KdConfig {
+            source: KdSource::Sgo,
+            resume: false,
+            ..swapped_cfg
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("name swaps apply to the teacher's trajectories"),
+        "{e}"
+    );
+    assert_eq!(ckpts.exists(), had);
 }
 
 /// Presets: built once from a prepared folder (pretraining lowers the loss; the teacher also

@@ -21,6 +21,7 @@
 //! question.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use dgpo_core::agent::Rollout;
 use dgpo_core::tokenizer::Tokenizer;
@@ -79,6 +80,39 @@ impl NameSwap {
         names.sort();
         names.dedup();
         names
+    }
+
+    /// The swap of the training people of the synthetic world that `data_dir` was prepared
+    /// from (its `world.json`), under `tok`. Refuses a folder without a world, and one whose
+    /// trajectories `rollouts` name none of its training people (a world that does not match
+    /// the data would make the swap a silent no-op).
+    pub fn for_data_folder(
+        data_dir: &Path,
+        tok: &Tokenizer,
+        rollouts: &[Rollout],
+    ) -> Result<NameSwap> {
+        let wp = data_dir.join(super::prepare::WORLD_FILE);
+        if !wp.exists() {
+            return Err(Error::format(
+                &wp,
+                "name swapping needs the synthetic world this folder was prepared from (world.json is missing; turn name swaps off for other data)",
+            ));
+        }
+        let cfg = super::prepare::PrepareConfig::for_folder(data_dir)?;
+        let world = World::generate(&cfg.world)?;
+        let swap = NameSwap::new(tok, &NameSwap::training_people(&world))?;
+        if !rollouts.is_empty()
+            && rollouts
+                .iter()
+                .take(16)
+                .all(|r| swap.count(&r.prompt_ids) == 0)
+        {
+            return Err(Error::format(
+                &wp,
+                "no training person's name in the trajectories' questions: the trajectories and world.json do not match",
+            ));
+        }
+        Ok(swap)
     }
 
     /// Number of names.
@@ -186,6 +220,15 @@ impl NameSwap {
         }
         Ok(out)
     }
+}
+
+/// Name-swapped copies to train on instead of the trajectories themselves.
+#[derive(Debug, Clone)]
+pub struct SwapCopies {
+    /// The names swapped.
+    pub swap: NameSwap,
+    /// Copies of every trajectory (each with its own permutations).
+    pub copies: usize,
 }
 
 #[cfg(test)]
