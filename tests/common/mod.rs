@@ -143,3 +143,41 @@ pub fn assert_greedy_agrees(
         );
     }
 }
+
+/// An unstructured corpus for ANN reachability checks: `n` passages of 50 words drawn from a
+/// vocabulary of 5,000 random lowercase words, then one real sentence on a topic nothing else
+/// shares (the last passage); and 100 queries of six words of a random passage, then four words
+/// of the sentence (the last query). Seeded: the same `seed` gives the same texts.
+pub fn random_word_corpus(n: usize, seed: u64) -> (Vec<String>, Vec<String>) {
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let vocab: Vec<String> = (0..5000)
+        .map(|_| {
+            let len = rng.random_range(3..9);
+            (0..len)
+                .map(|_| rng.random_range(b'a'..=b'z') as char)
+                .collect()
+        })
+        .collect();
+    let mut texts: Vec<String> = (0..n)
+        .map(|_| {
+            (0..50)
+                .map(|_| vocab[rng.random_range(0..vocab.len())].as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    texts.push("\"Apple Inc.\"\nApple Inc. is headquartered in Cupertino, California.".into());
+    let mut queries: Vec<String> = (0..100)
+        .map(|_| {
+            let words: Vec<&str> = texts[rng.random_range(0..n)].split(' ').collect();
+            (0..6)
+                .map(|_| words[rng.random_range(0..words.len())])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    queries.push("Apple Inc. headquartered Cupertino".into());
+    (texts, queries)
+}
