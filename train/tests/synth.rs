@@ -582,16 +582,11 @@ fn kd_tgo_keeps_correct_teacher_trajectories_and_lowers_kl() {
         ..cfg.clone()
     };
     let student2 = tiny_model(&p.tokenizer(), 32, 1, 1);
-    let out = run_kd_models(
-        &student2,
-        None,
-        Some(&teacher),
-        &qs,
-        &retriever,
-        &exp2,
-        &swapped_cfg,
-    )
-    .unwrap();
+    // The swapped runs reuse cached trajectories: no teacher policy.
+    let kd = |exp: &std::path::Path, cfg: &KdConfig| {
+        run_kd_models(&student2, None, Some(&teacher), &qs, &retriever, exp, cfg)
+    };
+    let out = kd(&exp2, &swapped_cfg).unwrap();
     assert_eq!((out.kept, out.metrics.len()), (5, steps));
     let first = out.metrics[0].kl.unwrap();
     let last = out.metrics.last().unwrap().kl.unwrap();
@@ -601,12 +596,7 @@ fn kd_tgo_keeps_correct_teacher_trajectories_and_lowers_kl() {
     );
     // Names from another world would swap nothing: refused, naming the trajectories.
     let alien = NameSwap::new(&tok, &["Qqq Zzz".to_string()]).unwrap();
-    let e = run_kd_models(
-        &student2,
-        None,
-        Some(&teacher),
-        &qs,
-        &retriever,
+    let e = kd(
         &exp2,
         &KdConfig {
             name_swaps: Some(SwapCopies {
@@ -625,12 +615,7 @@ fn kd_tgo_keeps_correct_teacher_trajectories_and_lowers_kl() {
     // SGO distils the student's own samples: swaps are refused before anything is touched.
     let ckpts = exp.join("checkpoints");
     let had = ckpts.exists();
-    let e = run_kd_models(
-        &student2,
-        None,
-        Some(&teacher),
-        &qs,
-        &retriever,
+    let e = kd(
         &exp,
         &KdConfig {
             source: KdSource::Sgo,
