@@ -620,7 +620,7 @@ fn kd_name_swaps(
         bail!("--kd-name-swaps applies to --kd-source tgo (the teacher's trajectories)");
     }
     let tok = train::synth::prepare::load_tokenizer(&student_dir.join("tokenizer.json"))?;
-    let swap = train::synth::name_swap::NameSwap::for_data_folder(data_dir, &tok, &[])?;
+    let swap = train::synth::name_swap::NameSwap::for_data_folder(data_dir, &tok)?;
     Ok(Some(train::synth::name_swap::SwapCopies { swap, copies }))
 }
 

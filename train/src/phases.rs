@@ -346,12 +346,7 @@ pub fn kd_examples(
 ) -> Result<Vec<Example>> {
     match swaps {
         None => rollouts.iter().map(Example::from_rollout).collect(),
-        Some(s) => s
-            .swap
-            .copies(rollouts, s.copies, seed)?
-            .iter()
-            .map(Example::from_rollout)
-            .collect(),
+        Some(s) => s.examples(rollouts, seed),
     }
 }
 
@@ -570,16 +565,8 @@ pub fn run_kd_models(
                     questions.len()
                 )));
             }
-            if let Some(sw) = &cfg.name_swaps
-                && rollouts
-                    .iter()
-                    .take(16)
-                    .all(|r| sw.swap.count(&r.prompt_ids) == 0)
-            {
-                return Err(Error::format(
-                    &cache,
-                    "name swaps asked for, but no swappable name in the trajectories' questions: the world the swap was made from does not match these data",
-                ));
+            if let Some(sw) = &cfg.name_swaps {
+                sw.swap.check_names_in(&rollouts, &cache)?;
             }
             let examples = kd_examples(&rollouts, cfg.name_swaps.as_ref(), cfg.train.seed)?;
             if let Some(sw) = &cfg.name_swaps {

@@ -46,7 +46,7 @@ use crate::checkpoint::list_checkpoints;
 use crate::model::{ModelOptions, TrainModel, config_json, replace_dir, sibling};
 use crate::optim::{AdamWConfig, Decay, Schedule};
 use crate::synth::SPECIAL_TOKENS;
-use crate::synth::name_swap::NameSwap;
+use crate::synth::name_swap::{NameSwap, SwapCopies};
 use crate::trainer::{Example, TrainConfig, Trainer};
 
 /// The student preset's name.
@@ -338,11 +338,13 @@ pub fn sft_examples(
     }
     let tp = data_dir.join("trajectories.jsonl");
     let rs = crate::synth::prepare::read_rollouts(&tp)?;
-    let swap = NameSwap::for_data_folder(data_dir, tok, &rs)?;
-    swap.copies(&rs, swaps, seed)?
-        .iter()
-        .map(Example::from_rollout)
-        .collect()
+    let swap = NameSwap::for_data_folder(data_dir, tok)?;
+    swap.check_names_in(&rs, &tp)?;
+    SwapCopies {
+        swap,
+        copies: swaps,
+    }
+    .examples(&rs, seed)
 }
 
 /// Run one stage as a resumable experiment under `work`.

@@ -563,7 +563,7 @@ fn kd_tgo_keeps_correct_teacher_trajectories_and_lowers_kl() {
     // the swapped text; the forward KL still falls.
     use train::phases::kd_examples;
     use train::synth::name_swap::{NameSwap, SwapCopies};
-    let swap = NameSwap::for_data_folder(&p.dir, &tok, &kept).unwrap();
+    let swap = NameSwap::for_data_folder(&p.dir, &tok).unwrap();
     let sw = SwapCopies { swap, copies: 2 };
     let plain = kd_examples(&kept, None, 0).unwrap();
     let swapped = kd_examples(&kept, Some(&sw), 0).unwrap();

@@ -31,6 +31,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use super::world::World;
+use crate::trainer::Example;
 
 /// The token forms of a set of names, and a matcher that finds them in a token sequence.
 #[derive(Debug, Clone)]
@@ -83,14 +84,8 @@ impl NameSwap {
     }
 
     /// The swap of the training people of the synthetic world that `data_dir` was prepared
-    /// from (its `world.json`), under `tok`. Refuses a folder without a world, and one whose
-    /// trajectories `rollouts` name none of its training people (a world that does not match
-    /// the data would make the swap a silent no-op).
-    pub fn for_data_folder(
-        data_dir: &Path,
-        tok: &Tokenizer,
-        rollouts: &[Rollout],
-    ) -> Result<NameSwap> {
+    /// from (its `world.json`), under `tok`. Refuses a folder without a world.
+    pub fn for_data_folder(data_dir: &Path, tok: &Tokenizer) -> Result<NameSwap> {
         let wp = data_dir.join(super::prepare::WORLD_FILE);
         if !wp.exists() {
             return Err(Error::format(
@@ -100,19 +95,24 @@ impl NameSwap {
         }
         let cfg = super::prepare::PrepareConfig::for_folder(data_dir)?;
         let world = World::generate(&cfg.world)?;
-        let swap = NameSwap::new(tok, &NameSwap::training_people(&world))?;
+        NameSwap::new(tok, &NameSwap::training_people(&world))
+    }
+
+    /// Refuse `rollouts` (read from `file`) whose first questions name none of the swapped
+    /// people: a world that does not match the data would make the swap a silent no-op.
+    pub fn check_names_in(&self, rollouts: &[Rollout], file: &Path) -> Result<()> {
         if !rollouts.is_empty()
             && rollouts
                 .iter()
                 .take(16)
-                .all(|r| swap.count(&r.prompt_ids) == 0)
+                .all(|r| self.count(&r.prompt_ids) == 0)
         {
             return Err(Error::format(
-                &wp,
-                "no training person's name in the trajectories' questions: the trajectories and world.json do not match",
+                file,
+                "name swaps asked for, but no swappable name in the trajectories' questions: the world the swap was made from does not match these data",
             ));
         }
-        Ok(swap)
+        Ok(())
     }
 
     /// Number of names.
@@ -229,6 +229,17 @@ pub struct SwapCopies {
     pub swap: NameSwap,
     /// Copies of every trajectory (each with its own permutations).
     pub copies: usize,
+}
+
+impl SwapCopies {
+    /// The training examples of the swapped copies of `rollouts` (see [`NameSwap::copies`]).
+    pub fn examples(&self, rollouts: &[Rollout], seed: u64) -> Result<Vec<Example>> {
+        self.swap
+            .copies(rollouts, self.copies, seed)?
+            .iter()
+            .map(Example::from_rollout)
+            .collect()
+    }
 }
 
 #[cfg(test)]
