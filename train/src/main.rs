@@ -58,9 +58,14 @@ struct Cli {
     /// GRPO rollouts per question [paper: 5; tiny: 4].
     #[arg(long)]
     group_size: Option<usize>,
-    /// KL coefficient β (DGPO: on failed rollouts only) [paper: 0.001; tiny: 0.01].
+    /// PPO and GRPO: weight of the KL to the frozen initial student [paper: 0.001; tiny: 0.01].
     #[arg(long)]
     kl_coef: Option<f64>,
+    /// DGPO: β, the weight of the KL to the teacher on failed rollouts [paper: 0.001; tiny: 1]
+    /// (README, Training: at 1 the tiny student moves toward its teacher; at 0.001-0.05 it
+    /// stays where KD left it).
+    #[arg(long)]
+    teacher_kl_coef: Option<f64>,
     /// Actor learning rate [paper: 1e-6; tiny: 1e-4].
     #[arg(long)]
     actor_lr: Option<f64>,
@@ -635,6 +640,7 @@ fn rl_config(cli: &Cli, tiny: bool) -> Result<train::rl::RlConfig> {
         c.micro_batch = 8;
         c.group_size = 4;
         c.kl_coef = 0.01;
+        c.teacher_kl_coef = 1.0;
         c.actor_lr = 1e-4;
         c.critic_lr = 1e-3;
         c.actor_warmup_ratio = 0.0;
@@ -649,6 +655,7 @@ fn rl_config(cli: &Cli, tiny: bool) -> Result<train::rl::RlConfig> {
     c.mini_batch = cli.rl_mini_batch.unwrap_or(c.mini_batch);
     c.group_size = cli.group_size.unwrap_or(c.group_size);
     c.kl_coef = cli.kl_coef.unwrap_or(c.kl_coef);
+    c.teacher_kl_coef = cli.teacher_kl_coef.unwrap_or(c.teacher_kl_coef);
     c.actor_lr = cli.actor_lr.unwrap_or(c.actor_lr);
     c.critic_lr = cli.critic_lr.unwrap_or(c.critic_lr);
     c.selective = !cli.no_selective;
@@ -695,7 +702,10 @@ mod tests {
         );
         assert!(cli.tiny_defaults("tiny"));
         let paper = rl_config(&cli, cli.tiny_defaults(ckpt)).unwrap();
-        assert_eq!(paper.actor_lr, 1e-6);
+        assert_eq!(
+            (paper.actor_lr, paper.kl_coef, paper.teacher_kl_coef),
+            (1e-6, 0.001, 0.001)
+        );
 
         let cli = parse(&["synth", ckpt, "tiny-teacher", "e", "--defaults", "tiny"]);
         assert!(cli.tiny_defaults(ckpt));
@@ -704,6 +714,18 @@ mod tests {
             (tiny.actor_lr, tiny.max_turn_tokens, tiny.steps),
             (1e-4, 128, 30)
         );
+        assert_eq!((tiny.kl_coef, tiny.teacher_kl_coef), (0.01, 1.0));
+        // Each flag sets its own coefficient only.
+        let cli = parse(&[
+            "synth",
+            "tiny",
+            "tiny-teacher",
+            "e",
+            "--teacher-kl-coef",
+            "0.3",
+        ]);
+        let c = rl_config(&cli, true).unwrap();
+        assert_eq!((c.kl_coef, c.teacher_kl_coef), (0.01, 0.3));
 
         let cli = parse(&["synth", "tiny", "t", "e", "--defaults", "paper"]);
         assert!(!cli.tiny_defaults("tiny"));

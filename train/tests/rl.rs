@@ -166,12 +166,13 @@ fn algo_names_parse() {
     assert_eq!(
         (
             c.kl_coef,
+            c.teacher_kl_coef,
             c.clip_eps,
             c.entropy_coef,
             c.actor_lr,
             c.critic_lr
         ),
-        (0.001, 0.2, 0.001, 1e-6, 1e-5)
+        (0.001, 0.001, 0.2, 0.001, 1e-6, 1e-5)
     );
     assert_eq!(
         (c.questions_per_step, c.mini_batch, c.steps),
@@ -712,13 +713,15 @@ fn dgpo_penalty_keeps_failed_students_near_the_teacher() {
             .unwrap()
         })
         .collect();
-    let run = |beta: f64| -> (f64, f64) {
+    // (PPO's `kl_coef`, DGPO's β)
+    let run = |kl_coef: f64, beta: f64| -> (f64, f64) {
         let s = tiny(&w, 7);
         let before = kl_on(&teacher, &s, &seqs);
         let dir = tempfile::tempdir().unwrap();
         let cfg = RlConfig {
             steps: 16,
-            kl_coef: beta,
+            kl_coef,
+            teacher_kl_coef: beta,
             entropy_coef: 0.0,
             ppo_epochs: 1,
             mini_batch: 4,
@@ -744,12 +747,18 @@ fn dgpo_penalty_keeps_failed_students_near_the_teacher() {
         );
         (before, kl_on(&teacher, &s, &seqs))
     };
-    let (b1, a1) = run(1.0);
-    let (b0, a0) = run(0.0);
+    let (b1, a1) = run(0.0, 1.0);
+    let (b0, a0) = run(0.0, 0.0);
+    // PPO's coefficient is not DGPO's: a large one changes nothing in a DGPO run.
+    let (_, a_ppo) = run(1.0, 0.0);
     eprintln!(
-        "KL(teacher ‖ student) on fixed text: β = 1: {b1:.5} → {a1:.5}; β = 0: {b0:.5} → {a0:.5}"
+        "KL(teacher ‖ student) on fixed text: β = 1: {b1:.5} → {a1:.5}; β = 0: {b0:.5} → {a0:.5}; β = 0 with kl_coef 1: {a_ppo:.5}"
     );
     assert_eq!(b1, b0);
+    assert!(
+        (a_ppo - a0).abs() <= 1e-3 * a0,
+        "kl_coef changed a DGPO run: {a_ppo} vs {a0}"
+    );
     // Measured: β = 1 ends about 3× closer to the teacher than β = 0.
     assert!(
         a1 < 0.5 * a0,

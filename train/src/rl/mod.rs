@@ -13,8 +13,8 @@
 //!
 //! | | reference | KL | advantage |
 //! |---|---|---|---|
-//! | [`Algo::Dgpo`] | the teacher | `−β·(log π_s − log π_t)` in the token reward, failed rollouts only (all with `selective = false`) | GAE with a critic |
-//! | [`Algo::Ppo`] | the initial student, frozen | the same penalty on every rollout | GAE with a critic |
+//! | [`Algo::Dgpo`] | the teacher | `−β·(log π_s − log π_t)` in the token reward, failed rollouts only (all with `selective = false`); β = `teacher_kl_coef` | GAE with a critic |
+//! | [`Algo::Ppo`] | the initial student, frozen | the same penalty on every rollout, weight `kl_coef` | GAE with a critic |
 //! | [`Algo::Grpo`] | the initial student, frozen | `kl_coef · low_var_kl` in the loss (Search-R1's GRPO) | group-normalised outcome, no critic |
 //!
 //! Observation tokens (`<information>` blocks, invalid-action messages) and the prompt take part
@@ -126,9 +126,14 @@ pub struct RlConfig {
     pub stop_after: Option<usize>,
     /// Seed of the question order and of every rollout's sampler (0).
     pub seed: u64,
-    /// β: weight of the KL to the reference (0.001, fixed; Search-R1's GRPO KL-loss weight is
-    /// also 0.001).
+    /// PPO and GRPO: weight of the KL to the frozen initial student (0.001, fixed; Search-R1's
+    /// GRPO KL-loss weight is also 0.001).
     pub kl_coef: f64,
+    /// DGPO: β, the weight of the KL to the teacher on failed rollouts (the paper's 0.001).
+    /// Separate from `kl_coef` because the two KLs do different jobs: PPO's holds the policy
+    /// near where it started, DGPO's pulls a failing student toward a better model, and a
+    /// setting tuned for one says nothing about the other.
+    pub teacher_kl_coef: f64,
     /// DGPO: apply the teacher KL to failed rollouts only (true); false is the ablation with
     /// the KL on every rollout.
     pub selective: bool,
@@ -201,6 +206,7 @@ impl Default for RlConfig {
             stop_after: None,
             seed: 0,
             kl_coef: 0.001,
+            teacher_kl_coef: 0.001,
             selective: true,
             questions_per_step: 512,
             group_size: 1,
@@ -271,12 +277,25 @@ impl RlConfig {
                 "RL config: top_p must be in (0, 1] and temperature ≥ 0",
             ));
         }
-        if self.kl_coef < 0.0 || self.entropy_coef < 0.0 || self.value_clip <= 0.0 {
+        if self.kl_coef < 0.0
+            || self.teacher_kl_coef < 0.0
+            || self.entropy_coef < 0.0
+            || self.value_clip <= 0.0
+        {
             return Err(Error::invalid(
-                "RL config: kl_coef and entropy_coef must be ≥ 0, value_clip > 0",
+                "RL config: kl_coef, teacher_kl_coef and entropy_coef must be ≥ 0, value_clip > 0",
             ));
         }
         Ok(())
+    }
+
+    /// The weight of the KL to this run's reference: `teacher_kl_coef` for DGPO (whose
+    /// reference is the teacher), `kl_coef` for PPO and GRPO.
+    pub fn kl_weight(&self) -> f64 {
+        match self.algo {
+            Algo::Dgpo => self.teacher_kl_coef,
+            Algo::Ppo | Algo::Grpo => self.kl_coef,
+        }
     }
 
     fn agent(&self, chat_template: bool) -> AgentConfig {
@@ -505,10 +524,10 @@ fn micro_pass(
     let pl = policy_loss(&logp, &old, &adv, &mask, cfg.clip_eps)?;
     let ent = masked_mean(&entropy(&logits.narrow(1, 0, w)?)?, &mask)?;
     let mut loss = (&pl.loss - (&ent * cfg.entropy_coef)?)?;
-    if cfg.algo == Algo::Grpo && cfg.kl_coef > 0.0 && reference.is_some() {
+    if cfg.algo == Algo::Grpo && cfg.kl_weight() > 0.0 && reference.is_some() {
         let rf = col(&|p| p.ref_logp.as_deref().unwrap_or(&[]))?;
         let kl = masked_mean(&low_var_kl(&logp, &rf)?, &mask)?;
-        loss = (loss + (kl * cfg.kl_coef)?)?;
+        loss = (loss + (kl * cfg.kl_weight())?)?;
     }
     let (policy_loss, entropy) = (scalar(&pl.loss)?, scalar(&ent)?);
     let actor = (loss / nm)?.backward()?;
@@ -720,7 +739,7 @@ impl Run<'_> {
                             }
                         }
                     }
-                    let r = token_rewards(s, &kl, &p.mask, cfg.kl_coef as f32, pen);
+                    let r = token_rewards(s, &kl, &p.mask, cfg.kl_weight() as f32, pen);
                     let values = p.values.as_ref().expect("PPO and DGPO have a critic");
                     let (a, ret) = gae(&r, values, &p.mask, cfg.gamma as f32, cfg.lambda as f32);
                     p.adv = a;
@@ -1041,7 +1060,7 @@ pub fn train_rl(
     };
     let reference = match (cfg.algo, teacher) {
         (Algo::Dgpo, Some(t)) => Reference::Borrowed(t),
-        (Algo::Grpo, _) if cfg.kl_coef == 0.0 => Reference::None,
+        (Algo::Grpo, _) if cfg.kl_weight() == 0.0 => Reference::None,
         _ => Reference::Owned(Box::new(load(false)?)),
     };
     let actor_opt = AdamW::new(student.named_vars(), AdamWConfig::default())?;
