@@ -6,8 +6,11 @@
 //! the teacher as the reference of its selective KL penalty. Every stage is cached in the
 //! experiment folder (`seed-<s>/kd/final`, `seed-<s>/<algo>/final`), so a rerun only does what
 //! is missing. With [`DemoConfig::rl_holdout`] > 0 the KD stage distils on the first training
-//! questions and every RL run trains on the held-out rest; `split.json` records the split, and
-//! a folder made with another split is refused rather than reused.
+//! questions and every RL run trains on the held-out rest; with a positive
+//! [`DemoConfig::rl_fresh_people`] every RL run trains on fresh people instead (see
+//! [`crate::synth::fresh`]). `split.json` records the split, and a folder made with another
+//! split is refused rather than reused; a finished RL stage is reused only if its newest
+//! checkpoint records the settings asked for.
 //!
 //! Output in the experiment folder: `demo.md` (EM per model and data source, mean ± half-range
 //! over seeds, with the ARCap columns of the first seed), `demo.json` (everything),
@@ -18,15 +21,17 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use dgpo_core::eval::EvalReport;
-use dgpo_core::retrieve::Retriever;
+use dgpo_core::retrieve::{MemoryRetriever, Retriever};
 use dgpo_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{TrainState, list_checkpoints};
 use crate::data::QaRow;
 use crate::evaluate::{EvalOptions, evaluate_models, write_report};
 use crate::model::{ModelOptions, TrainModel};
 use crate::phases::{KdConfig, KdSource, TGO_FILE, run_kd, split_rl_holdout};
 use crate::rl::{Algo, RlConfig, RlMetrics, read_metrics, train_rl};
+use crate::synth::fresh::fresh_environment;
 
 /// Settings of the whole run.
 #[derive(Debug, Clone)]
@@ -52,6 +57,10 @@ pub struct DemoConfig {
     /// Fraction of the training questions (the last ones) kept for RL alone: KD never sees
     /// them (see [`split_rl_holdout`]). 0: both phases on every question, as in the paper.
     pub rl_holdout: f64,
+    /// RL on this many fresh people instead of the training questions (a synthetic folder's
+    /// world only; see [`crate::synth::fresh`]): each seed draws its own, shared by that seed's
+    /// algorithms. 0: RL on the training questions, as in the paper.
+    pub rl_fresh_people: usize,
 }
 
 /// One model's EM on one data source, over seeds.
@@ -161,6 +170,10 @@ struct Split {
     /// KD swapped names, which distilled on the trajectories as they are).
     #[serde(default)]
     kd_name_swaps: usize,
+    /// Fresh people RL trains on (0: the training questions; absent in folders made before
+    /// the option, which trained RL on the training questions).
+    #[serde(default)]
+    rl_fresh_people: usize,
 }
 
 const SPLIT_FILE: &str = "split.json";
@@ -168,19 +181,7 @@ const SPLIT_FILE: &str = "split.json";
 /// Record the question split in `exp_dir`, or refuse one that differs from the recorded one:
 /// the cached stages (KD students, RL runs) were trained on the recorded split, and reusing them
 /// under another would silently mix two experiments.
-fn check_split(
-    exp_dir: &Path,
-    rl_holdout: f64,
-    kd: usize,
-    rl: usize,
-    kd_name_swaps: usize,
-) -> Result<()> {
-    let want = Split {
-        rl_holdout,
-        kd_questions: kd,
-        rl_questions: rl,
-        kd_name_swaps,
-    };
+fn check_split(exp_dir: &Path, want: &Split) -> Result<()> {
     let path = exp_dir.join(SPLIT_FILE);
     if path.exists() {
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
@@ -188,27 +189,94 @@ fn check_split(
             .map_err(|e| Error::format(&path, format!("not a question split: {e}")))?;
         if had.kd_name_swaps != want.kd_name_swaps {
             return Err(Error::invalid(format!(
-                "{} was made with --kd-name-swaps {}, not {kd_name_swaps}: its cached KD students \
+                "{} was made with --kd-name-swaps {}, not {}: its cached KD students \
                  distilled on other data; use another experiment name",
                 exp_dir.display(),
-                had.kd_name_swaps
+                had.kd_name_swaps,
+                want.kd_name_swaps
             )));
         }
-        if had != want {
+        if had.rl_fresh_people != want.rl_fresh_people {
             return Err(Error::invalid(format!(
-                "{} was made with --rl-holdout {} ({} KD / {} RL questions), not {} ({kd} / {rl}): \
+                "{} was made with --rl-fresh-people {}, not {}: its cached RL runs trained on \
+                 other questions; use another experiment name",
+                exp_dir.display(),
+                had.rl_fresh_people,
+                want.rl_fresh_people
+            )));
+        }
+        if had != *want {
+            return Err(Error::invalid(format!(
+                "{} was made with --rl-holdout {} ({} KD / {} RL questions), not {} ({} / {}): \
                  its cached stages belong to that split; use another experiment name",
                 exp_dir.display(),
                 had.rl_holdout,
                 had.kd_questions,
                 had.rl_questions,
-                rl_holdout
+                want.rl_holdout,
+                want.kd_questions,
+                want.rl_questions
             )));
         }
         return Ok(());
     }
-    let json = serde_json::to_vec_pretty(&want).map_err(|e| Error::invalid(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(want).map_err(|e| Error::invalid(e.to_string()))?;
     write_atomic(&path, &json)
+}
+
+/// RL settings that do not change what a run learns: checkpoint bookkeeping and thread counts.
+const RL_BOOKKEEPING: &[&str] = &[
+    "keep_last",
+    "save_every",
+    "stop_after",
+    "rollout_threads",
+    "update_threads",
+];
+
+/// Refuse to reuse the finished RL stage in `dir` when its newest checkpoint records other
+/// settings than `want` (a stage from before a default changed would otherwise stand in the
+/// table under the new default). Settings the recorded run lacks (added since) and settings the
+/// algorithm does not read (β outside DGPO, the initial-student KL weight in DGPO) are not
+/// compared; a stage without checkpoints cannot be checked and is reused with a warning.
+fn check_finished_stage(dir: &Path, want: &RlConfig) -> Result<()> {
+    let Some((_, newest)) = list_checkpoints(dir)?.pop() else {
+        tracing::warn!(dir = %dir.display(), "finished RL stage without checkpoints: its settings are not checked");
+        return Ok(());
+    };
+    let sp = newest.join("state.json");
+    let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
+    let st: TrainState = serde_json::from_str(&text)
+        .map_err(|e| Error::format(&sp, format!("not a checkpoint state: {e}")))?;
+    let had = st
+        .config
+        .get("rl")
+        .and_then(|v| v.as_object())
+        .ok_or_else(|| Error::format(&sp, "state.json records no RL settings (config.rl)"))?;
+    let want_v = serde_json::to_value(want).map_err(|e| Error::invalid(e.to_string()))?;
+    let unread = if want.algo == Algo::Dgpo {
+        "kl_coef"
+    } else {
+        "teacher_kl_coef"
+    };
+    let mut diffs = Vec::new();
+    for (k, v) in want_v.as_object().into_iter().flatten() {
+        if RL_BOOKKEEPING.contains(&k.as_str()) || k == unread {
+            continue;
+        }
+        if let Some(h) = had.get(k)
+            && h != v
+        {
+            diffs.push(format!("{k} {h} (asked: {v})"));
+        }
+    }
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "{} finished under other RL settings: {}; use another experiment name (or remove the stage to run it again)",
+        dir.display(),
+        diffs.join(", ")
+    )))
 }
 
 /// Run everything that is missing, evaluate, and write the report files.
@@ -222,6 +290,11 @@ pub fn run_demo(
         return Err(Error::invalid("the demo needs at least one seed"));
     }
     let (kd_qs, rl_qs) = split_rl_holdout(train_qs, cfg.rl_holdout)?;
+    if cfg.rl_fresh_people > 0 && cfg.rl_holdout > 0.0 {
+        return Err(Error::invalid(
+            "--rl-fresh-people and --rl-holdout both choose RL's questions: give one",
+        ));
+    }
     if cfg.rl_holdout > 0.0 {
         tracing::info!(
             kd = kd_qs.len(),
@@ -233,10 +306,18 @@ pub fn run_demo(
     let swaps = cfg.kd.name_swaps.as_ref().map_or(0, |s| s.copies);
     check_split(
         &cfg.exp_dir,
-        cfg.rl_holdout,
-        kd_qs.len(),
-        rl_qs.len(),
-        swaps,
+        &Split {
+            rl_holdout: cfg.rl_holdout,
+            kd_questions: kd_qs.len(),
+            // Five questions per fresh person (`World::fresh_people`).
+            rl_questions: if cfg.rl_fresh_people > 0 {
+                cfg.rl_fresh_people * 5
+            } else {
+                rl_qs.len()
+            },
+            kd_name_swaps: swaps,
+            rl_fresh_people: cfg.rl_fresh_people,
+        },
     )?;
     let mut stage_secs = BTreeMap::new();
     let mut per_seed_models: Vec<Vec<(String, PathBuf)>> = Vec::new();
@@ -261,11 +342,30 @@ pub fn run_demo(
             stage_secs.insert(format!("seed-{seed}/kd"), t.elapsed().as_secs_f64());
         }
         models.push(("kd".to_string(), kd_final.clone()));
+        // Built only when a stage needs it (a finished seed reads nothing).
+        let mut fresh: Option<(MemoryRetriever, Vec<QaRow>)> = None;
         for &algo in &cfg.algos {
             let name = algo_name(algo);
             let dir = sdir.join(name);
             let fin = dir.join("final");
-            if !fin.join("config.json").exists() {
+            // Every algorithm samples the same number of rollouts per step (GRPO: fewer
+            // questions, `group_size` samples each), so the comparison is at equal
+            // generation cost, which dominates a CPU step.
+            let group = if algo == Algo::Grpo {
+                cfg.rl.group_size.max(2)
+            } else {
+                1
+            };
+            let rl = RlConfig {
+                algo,
+                seed,
+                group_size: group,
+                questions_per_step: (cfg.rl.questions_per_step / group).max(1),
+                ..cfg.rl.clone()
+            };
+            if fin.join("config.json").exists() {
+                check_finished_stage(&dir, &rl)?;
+            } else {
                 let t = Instant::now();
                 let init = if algo == Algo::Dgpo {
                     &kd_final
@@ -278,33 +378,24 @@ pub fn run_demo(
                 } else {
                     None
                 };
-                // Every algorithm samples the same number of rollouts per step (GRPO: fewer
-                // questions, `group_size` samples each), so the comparison is at equal
-                // generation cost, which dominates a CPU step.
-                let group = if algo == Algo::Grpo {
-                    cfg.rl.group_size.max(2)
-                } else {
-                    1
-                };
-                let rl = RlConfig {
-                    algo,
-                    seed,
-                    group_size: group,
-                    questions_per_step: (cfg.rl.questions_per_step / group).max(1),
-                    ..cfg.rl.clone()
-                };
                 // A run killed mid-way resumes from its newest checkpoint.
                 let resume = dir.join("checkpoints").is_dir();
                 tracing::info!(seed, algo = name, "RL");
-                train_rl(
-                    &student,
-                    teacher.as_ref(),
-                    rl_qs,
-                    retriever,
-                    &rl,
-                    &dir,
-                    resume,
-                )?;
+                if cfg.rl_fresh_people > 0 && fresh.is_none() {
+                    let env = fresh_environment(&cfg.data_dir, cfg.rl_fresh_people, seed)?;
+                    tracing::info!(
+                        seed,
+                        people = cfg.rl_fresh_people,
+                        questions = env.questions.len(),
+                        "RL on fresh people"
+                    );
+                    fresh = Some((MemoryRetriever::new(env.corpus), env.questions));
+                }
+                let (qs, r): (&[QaRow], &dyn Retriever) = match &fresh {
+                    Some((r, qs)) => (qs, r),
+                    None => (rl_qs, retriever),
+                };
+                train_rl(&student, teacher.as_ref(), qs, r, &rl, &dir, resume)?;
                 student.save(&fin)?;
                 stage_secs.insert(format!("seed-{seed}/{name}"), t.elapsed().as_secs_f64());
             }
@@ -480,6 +571,7 @@ mod tests {
             algos: vec![Algo::Dgpo],
             eval: EvalOptions::default(),
             rl_holdout: 0.0,
+            rl_fresh_people: 0,
         }
     }
 
@@ -515,24 +607,91 @@ mod tests {
     }
 
     #[test]
+    fn a_finished_rl_stage_is_reused_only_under_its_own_settings() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("dgpo");
+        // No checkpoints: nothing to check against.
+        let want = RlConfig {
+            algo: Algo::Dgpo,
+            ..RlConfig::default()
+        };
+        check_finished_stage(&dir, &want).unwrap();
+        let write = |step: usize, rl: serde_json::Value| {
+            let d = crate::checkpoint::checkpoint_dir(&dir, step);
+            std::fs::create_dir_all(&d).unwrap();
+            let st = serde_json::json!({
+                "step": step, "seed": 0, "data_len": 800, "config": {"rl": rl}
+            });
+            std::fs::write(d.join("state.json"), st.to_string()).unwrap();
+        };
+        let mut rl = serde_json::to_value(&want).unwrap();
+        write(10, rl.clone());
+        check_finished_stage(&dir, &want).unwrap();
+        // Bookkeeping, settings DGPO does not read, and settings the record predates pass.
+        rl["keep_last"] = 7.into();
+        rl["update_threads"] = 9.into();
+        rl["kl_coef"] = 0.5.into();
+        rl.as_object_mut().unwrap().remove("full_kl");
+        write(20, rl.clone());
+        check_finished_stage(&dir, &want).unwrap();
+        // Another β in the newest checkpoint is refused, naming both values.
+        rl["teacher_kl_coef"] = 0.01.into();
+        write(30, rl.clone());
+        let e = check_finished_stage(&dir, &want).unwrap_err().to_string();
+        assert!(e.contains("teacher_kl_coef 0.01 (asked: 0.001)"), "{e}");
+        // PPO does not read β, but does read the initial-student KL weight.
+        let ppo = RlConfig {
+            algo: Algo::Ppo,
+            ..RlConfig::default()
+        };
+        rl["algo"] = "ppo".into();
+        rl["kl_coef"] = ppo.kl_coef.into();
+        write(40, rl.clone());
+        check_finished_stage(&dir, &ppo).unwrap();
+        rl["kl_coef"] = 0.5.into();
+        write(50, rl);
+        let e = check_finished_stage(&dir, &ppo).unwrap_err().to_string();
+        assert!(e.contains("kl_coef 0.5"), "{e}");
+        // A damaged record is an error naming the file.
+        let d = crate::checkpoint::checkpoint_dir(&dir, 60);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("state.json"), "{").unwrap();
+        let e = check_finished_stage(&dir, &ppo).unwrap_err().to_string();
+        assert!(e.contains("state.json"), "{e}");
+    }
+
+    #[test]
     fn an_experiment_keeps_the_question_split_it_was_made_with() {
         let tmp = tempfile::tempdir().unwrap();
         // First use records the split; the same split again is accepted.
-        check_split(tmp.path(), 0.2, 640, 160, 0).unwrap();
-        check_split(tmp.path(), 0.2, 640, 160, 0).unwrap();
+        let split =
+            |rl_holdout, kd_questions, rl_questions, kd_name_swaps, rl_fresh_people| Split {
+                rl_holdout,
+                kd_questions,
+                rl_questions,
+                kd_name_swaps,
+                rl_fresh_people,
+            };
+        check_split(tmp.path(), &split(0.2, 640, 160, 0, 0)).unwrap();
+        check_split(tmp.path(), &split(0.2, 640, 160, 0, 0)).unwrap();
         let text = std::fs::read_to_string(tmp.path().join(SPLIT_FILE)).unwrap();
         assert!(text.contains("\"rl_questions\": 160"), "{text}");
         // Another split would reuse stages trained on this one: refused, naming both.
-        let e = check_split(tmp.path(), 0.0, 800, 800, 0)
+        let e = check_split(tmp.path(), &split(0.0, 800, 800, 0, 0))
             .unwrap_err()
             .to_string();
         assert!(e.contains("--rl-holdout 0.2 (640 KD / 160 RL"), "{e}");
         assert!(e.contains("not 0 (800 / 800)"), "{e}");
         // KD students distilled on name-swapped copies are not those of plain trajectories.
-        let e = check_split(tmp.path(), 0.2, 640, 160, 15)
+        let e = check_split(tmp.path(), &split(0.2, 640, 160, 15, 0))
             .unwrap_err()
             .to_string();
         assert!(e.contains("--kd-name-swaps 0, not 15"), "{e}");
+        // RL runs on fresh people are not those on the training questions.
+        let e = check_split(tmp.path(), &split(0.2, 640, 2000, 0, 400))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--rl-fresh-people 0, not 400"), "{e}");
         // A record written before KD swapped names means no swaps.
         let old = tmp.path().join("old");
         std::fs::create_dir_all(&old).unwrap();
@@ -541,11 +700,12 @@ mod tests {
             r#"{"rl_holdout": 0.0, "kd_questions": 800, "rl_questions": 800}"#,
         )
         .unwrap();
-        check_split(&old, 0.0, 800, 800, 0).unwrap();
-        assert!(check_split(&old, 0.0, 800, 800, 15).is_err());
+        check_split(&old, &split(0.0, 800, 800, 0, 0)).unwrap();
+        assert!(check_split(&old, &split(0.0, 800, 800, 15, 0)).is_err());
+        assert!(check_split(&old, &split(0.0, 800, 2000, 0, 400)).is_err());
         // A damaged record is an error naming the file, not a silent overwrite.
         std::fs::write(tmp.path().join(SPLIT_FILE), "{").unwrap();
-        let e = check_split(tmp.path(), 0.2, 640, 160, 0)
+        let e = check_split(tmp.path(), &split(0.2, 640, 160, 0, 0))
             .unwrap_err()
             .to_string();
         assert!(e.contains(SPLIT_FILE), "{e}");

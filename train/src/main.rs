@@ -77,6 +77,13 @@ struct Cli {
     /// every question. See `train::phases::split_rl_holdout`.
     #[arg(long, default_value_t = 0.0)]
     rl_holdout: f64,
+    /// RL on this many fresh people instead of the training questions (`all|rl`; a synthetic
+    /// data folder's world only): people whose names join training people's given and family
+    /// names, with new facts, their passages added to RL's corpus, five questions each, drawn
+    /// per seed; the test split and its corpus are untouched. 0 = the paper's setting. See
+    /// `train::synth::fresh`.
+    #[arg(long, default_value_t = 0)]
+    rl_fresh_people: usize,
     /// Ablation: apply the KL penalty on every rollout, not only on failed ones.
     #[arg(long)]
     no_selective: bool,
@@ -534,15 +541,38 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
                 };
                 let teacher_ref = (algo == train::rl::Algo::Dgpo).then_some(&t);
                 let (_, rl_qs) = train::phases::split_rl_holdout(&qs, cli.rl_holdout)?;
-                train::rl::train_rl(
-                    &s,
-                    teacher_ref,
-                    rl_qs,
-                    retriever.as_ref(),
-                    &cfg,
-                    &exp_dir,
-                    cli.resume,
-                )?;
+                if cli.rl_fresh_people > 0 {
+                    if cli.rl_holdout > 0.0 {
+                        bail!(
+                            "--rl-fresh-people and --rl-holdout both choose RL's questions: give one"
+                        );
+                    }
+                    let env = train::synth::fresh::fresh_environment(
+                        &ds.dir,
+                        cli.rl_fresh_people,
+                        cli.seed,
+                    )?;
+                    let r = dgpo_core::retrieve::MemoryRetriever::new(env.corpus);
+                    train::rl::train_rl(
+                        &s,
+                        teacher_ref,
+                        &env.questions,
+                        &r,
+                        &cfg,
+                        &exp_dir,
+                        cli.resume,
+                    )?;
+                } else {
+                    train::rl::train_rl(
+                        &s,
+                        teacher_ref,
+                        rl_qs,
+                        retriever.as_ref(),
+                        &cfg,
+                        &exp_dir,
+                        cli.resume,
+                    )?;
+                }
                 let fin = exp_dir.join("final");
                 s.save(&fin)?;
                 tracing::info!(dir = %fin.display(), "RL done; final model saved");
@@ -575,6 +605,7 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
                     agent,
                 },
                 rl_holdout: cli.rl_holdout,
+                rl_fresh_people: cli.rl_fresh_people,
             };
             let report = train::demo::run_demo(&demo, &qs, retriever.as_ref())?;
             println!("{}", train::demo::em_markdown(&report, demo.seeds.len()));

@@ -418,10 +418,11 @@ fn demo_runs_kd_rl_and_evaluation_then_reuses_its_stages() {
     let data = tiny_synth(tmp.path());
     let presets = tmp.path().join("presets.json");
     std::fs::write(&presets, serde_json::to_string(&small_presets(0)).unwrap()).unwrap();
-    let demo = |exp: &str| {
+    let demo_with = |exp: &str, extra: &[&str]| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_train"));
         c.arg(&data)
             .args(["tiny", "tiny-teacher", exp])
+            .args(extra)
             .args(["--kd-source", "sgo", "--sgo-rounds", "1", "--steps", "2"])
             .args(["--max-questions", "3", "--micro-batch", "2"])
             .args(["--rl-steps", "2", "--questions-per-step", "2"])
@@ -432,6 +433,7 @@ fn demo_runs_kd_rl_and_evaluation_then_reuses_its_stages() {
             .env("RUST_LOG", "warn");
         c.output().unwrap()
     };
+    let demo = |exp: &str| demo_with(exp, &[]);
     let out = demo("demo");
     assert!(
         out.status.success(),
@@ -506,5 +508,41 @@ fn demo_runs_kd_rl_and_evaluation_then_reuses_its_stages() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("--kd-name-swaps 0, not 15"), "{err}");
+    // Likewise RL on fresh people: the RL runs here trained on the training questions.
+    let out = rerun(&["--kd-source", "sgo", "--rl-fresh-people", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--rl-fresh-people 0, not 2"), "{err}");
+    let out = rerun(&["--rl-holdout", "0.34", "--rl-fresh-people", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("both choose RL's questions"), "{err}");
+    // Same split, another β: the finished DGPO stage records its own and is not reused.
+    let out = demo_with("demo", &["--teacher-kl-coef", "0.5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("dgpo finished under other RL settings: teacher_kl_coef 1.0 (asked: 0.5)"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(exp.join("demo.json")).unwrap(), before);
+
+    // RL on fresh people: DGPO trains on questions about people who are not in the world
+    // (two people, ten questions), and the folder records it.
+    let out = demo_with("demo-fresh", &["--algos", "dgpo", "--rl-fresh-people", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fresh = tmp.path().join("exp/demo-fresh");
+    let split: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fresh.join("split.json")).unwrap()).unwrap();
+    assert_eq!(split["rl_fresh_people"], 2);
+    assert_eq!(split["rl_questions"], 10);
+    let lines = std::fs::read_to_string(fresh.join("seed-0/dgpo/rl_metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 2);
+    let st = fresh.join("seed-0/dgpo/checkpoints/step-00000002/state.json");
+    let st: serde_json::Value = serde_json::from_slice(&std::fs::read(&st).unwrap()).unwrap();
+    assert_eq!(st["data_len"], 10, "RL ran on the fresh questions");
 }

@@ -2,6 +2,7 @@
 //! as a wiki-18 corpus, single-hop and two-hop question sets in Search-R1's schema, and a
 //! byte-level BPE tokenizer trained on the corpus.
 
+pub mod fresh;
 pub mod name_swap;
 pub mod oracle;
 pub mod prepare;
@@ -9,4 +10,4 @@ pub mod tokenizer;
 pub mod world;
 
 pub use tokenizer::{SPECIAL_TOKENS, train_bpe};
-pub use world::{World, WorldConfig};
+pub use world::{FreshPeople, World, WorldConfig};

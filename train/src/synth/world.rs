@@ -136,6 +136,15 @@ pub struct World {
     pub test: Vec<Question>,
 }
 
+/// People made by [`World::fresh_people`]: their passages and their questions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FreshPeople {
+    /// One passage per fresh person, ids following the world's corpus.
+    pub passages: Vec<Passage>,
+    /// Five questions per fresh person (single-hop and two-hop, as the world's).
+    pub questions: Vec<Question>,
+}
+
 fn cap(s: &str) -> String {
     let mut c = s.chars();
     match c.next() {
@@ -314,6 +323,102 @@ impl World {
         ]
     }
 
+    /// The text of a person's passage.
+    fn person_text(&self, p: &Person) -> String {
+        let mentor = &self.people[p.mentor];
+        format!(
+            "{} was a {} born in {} in the city of {}. {} studied under the {} {}.",
+            p.name,
+            p.occupation,
+            p.year,
+            self.cities[p.city].name,
+            p.name,
+            mentor.occupation,
+            mentor.name
+        )
+    }
+
+    /// `n` people who are not in the world, for RL on questions that only reading answers.
+    ///
+    /// Each name joins the given name of one training person to the family name of another
+    /// (never an existing name), so it is made of tokens the student has seen in questions, as
+    /// a test person's name is made of tokens it has seen in passages; occupation, year and
+    /// city are drawn afresh and the mentor is a training person. Nothing about a fresh person
+    /// can be recalled from the world, and no test person's name or fact is used. Passage ids
+    /// continue after [`World::passages`]; question ids are `fresh_<k>`, five per person
+    /// (those of [`World::generate`]'s questions), in person order. Deterministic in `seed`.
+    pub fn fresh_people(&self, n: usize, seed: u64) -> Result<FreshPeople> {
+        let training: Vec<usize> = {
+            let mut names: Vec<&str> = self
+                .train
+                .iter()
+                .filter_map(|q| q.oracle.first().map(|h| h.title.as_str()))
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            self.people
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| names.binary_search(&p.name.as_str()).is_ok())
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let part = |i: usize, k: usize| self.people[i].name.split(' ').nth(k).map(str::to_owned);
+        let mut given: Vec<String> = training.iter().filter_map(|&i| part(i, 0)).collect();
+        let mut family: Vec<String> = training.iter().filter_map(|&i| part(i, 1)).collect();
+        for v in [&mut given, &mut family] {
+            v.sort_unstable();
+            v.dedup();
+        }
+        let taken: std::collections::HashSet<&str> =
+            self.people.iter().map(|p| p.name.as_str()).collect();
+        // The names that exist to be made; asking for more would never finish.
+        let possible = given.len() * family.len() - taken.len().min(given.len() * family.len());
+        if training.is_empty() || n > possible {
+            return Err(Error::invalid(format!(
+                "{n} fresh people asked for, but this world's {} training people's given and family names make only {possible} new names",
+                training.len()
+            )));
+        }
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut ext = self.clone();
+        let first = ext.people.len();
+        let mut names = std::collections::HashSet::new();
+        while ext.people.len() < first + n {
+            let name = format!(
+                "{} {}",
+                given[rng.random_range(0..given.len())],
+                family[rng.random_range(0..family.len())]
+            );
+            if taken.contains(name.as_str()) || !names.insert(name.clone()) {
+                continue;
+            }
+            ext.people.push(Person {
+                name,
+                occupation: OCCUPATIONS[rng.random_range(0..OCCUPATIONS.len())].to_string(),
+                year: rng.random_range(1700..2000),
+                city: rng.random_range(0..ext.cities.len()),
+                mentor: training[rng.random_range(0..training.len())],
+                distractor: false,
+            });
+        }
+        let base = self.passages().len();
+        let mut out = FreshPeople::default();
+        for i in first..ext.people.len() {
+            let p = &ext.people[i];
+            out.passages.push(Passage {
+                id: (base + out.passages.len()).to_string(),
+                title: format!("\"{}\"", p.name),
+                text: ext.person_text(p),
+            });
+            out.questions.extend(ext.questions_about(i));
+        }
+        for (k, q) in out.questions.iter_mut().enumerate() {
+            q.id = format!("fresh_{k}");
+        }
+        Ok(out)
+    }
+
     /// One wiki-18 passage per person, city and country (titles in quotes, as wiki-18 has them).
     pub fn passages(&self) -> Vec<Passage> {
         let mut out = Vec::new();
@@ -325,20 +430,7 @@ impl World {
             })
         };
         for p in &self.people {
-            let c = &self.cities[p.city];
-            push(
-                &p.name,
-                format!(
-                    "{} was a {} born in {} in the city of {}. {} studied under the {} {}.",
-                    p.name,
-                    p.occupation,
-                    p.year,
-                    c.name,
-                    p.name,
-                    self.people[p.mentor].occupation,
-                    self.people[p.mentor].name
-                ),
-            );
+            push(&p.name, self.person_text(p));
         }
         for c in &self.cities {
             push(
