@@ -155,10 +155,30 @@ mod tests {
     }
 
     #[test]
-    fn too_many_fresh_people_is_an_error_not_a_hang() {
+    fn every_new_name_can_be_made_and_one_more_is_an_error_not_a_hang() {
         let w = small();
-        let e = w.fresh_people(1_000_000, 0).unwrap_err().to_string();
-        assert!(e.contains("make only"), "{e}");
+        let train = w.training_people();
+        let part = |k: usize| -> HashSet<&str> {
+            train.iter().map(|n| n.split(' ').nth(k).unwrap()).collect()
+        };
+        let (given, family) = (part(0), part(1));
+        let existing = w
+            .people
+            .iter()
+            .filter(|p| {
+                let (g, f) = p.name.split_once(' ').unwrap();
+                given.contains(g) && family.contains(f)
+            })
+            .count();
+        let possible = given.len() * family.len() - existing;
+        let all = w.fresh_people(possible, 1).unwrap();
+        let names: HashSet<&str> = all.passages.iter().map(|p| p.title.as_str()).collect();
+        assert_eq!(names.len(), possible);
+        let e = w.fresh_people(possible + 1, 1).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("make only {possible} new names")),
+            "{e}"
+        );
     }
 
     #[test]

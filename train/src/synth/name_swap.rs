@@ -70,19 +70,6 @@ impl NameSwap {
         Ok(NameSwap { forms, by_first })
     }
 
-    /// The swappable names of a synthetic world: the people asked about in its training
-    /// questions (the first search of every question is for its person's passage).
-    pub fn training_people(world: &World) -> Vec<String> {
-        let mut names: Vec<String> = world
-            .train
-            .iter()
-            .filter_map(|q| q.oracle.first().map(|h| h.title.clone()))
-            .collect();
-        names.sort();
-        names.dedup();
-        names
-    }
-
     /// The swap of the training people of the synthetic world that `data_dir` was prepared
     /// from (its `world.json`), under `tok`. Refuses a folder without a world.
     pub fn for_data_folder(data_dir: &Path, tok: &Tokenizer) -> Result<NameSwap> {
@@ -95,7 +82,7 @@ impl NameSwap {
         }
         let cfg = super::prepare::PrepareConfig::for_folder(data_dir)?;
         let world = World::generate(&cfg.world)?;
-        NameSwap::new(tok, &NameSwap::training_people(&world))
+        NameSwap::new(tok, &world.training_people())
     }
 
     /// Refuse `rollouts` (read from `file`) whose first questions name none of the swapped
@@ -300,7 +287,7 @@ mod tests {
         for vocab in [400, 4096] {
             let tmp = tempfile::tempdir().unwrap();
             let (world, tok, rs) = prepared(tmp.path(), vocab);
-            let names = NameSwap::training_people(&world);
+            let names = world.training_people();
             let swap = NameSwap::new(&tok, &names).unwrap();
             assert_eq!(swap.len(), world.people.len() - world.test.len() / 5);
             let test_names: Vec<&String> = world
@@ -361,7 +348,7 @@ mod tests {
     fn copies_are_deterministic_and_invertible() {
         let tmp = tempfile::tempdir().unwrap();
         let (world, tok, rs) = prepared(tmp.path(), 4096);
-        let swap = NameSwap::new(&tok, &NameSwap::training_people(&world)).unwrap();
+        let swap = NameSwap::new(&tok, &world.training_people()).unwrap();
         let rs = &rs[..20];
         let one = swap.copies(rs, 1, 3).unwrap();
         let two = swap.copies(rs, 2, 3).unwrap();

@@ -323,6 +323,20 @@ impl World {
         ]
     }
 
+    /// Names of the people the training questions ask about, sorted (the first search of every
+    /// question is for its person's passage). These are the names KD's name swaps permute and
+    /// fresh people's names are built from.
+    pub fn training_people(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .train
+            .iter()
+            .filter_map(|q| q.oracle.first().map(|h| h.title.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// The text of a person's passage.
     fn person_text(&self, p: &Person) -> String {
         let mentor = &self.people[p.mentor];
@@ -349,17 +363,11 @@ impl World {
     /// (those of [`World::generate`]'s questions), in person order. Deterministic in `seed`.
     pub fn fresh_people(&self, n: usize, seed: u64) -> Result<FreshPeople> {
         let training: Vec<usize> = {
-            let mut names: Vec<&str> = self
-                .train
-                .iter()
-                .filter_map(|q| q.oracle.first().map(|h| h.title.as_str()))
-                .collect();
-            names.sort_unstable();
-            names.dedup();
+            let names = self.training_people();
             self.people
                 .iter()
                 .enumerate()
-                .filter(|(_, p)| names.binary_search(&p.name.as_str()).is_ok())
+                .filter(|(_, p)| names.binary_search(&p.name).is_ok())
                 .map(|(i, _)| i)
                 .collect()
         };
@@ -373,7 +381,15 @@ impl World {
         let taken: std::collections::HashSet<&str> =
             self.people.iter().map(|p| p.name.as_str()).collect();
         // The names that exist to be made; asking for more would never finish.
-        let possible = given.len() * family.len() - taken.len().min(given.len() * family.len());
+        let known = |v: &[String], x: &str| v.binary_search_by(|y| y.as_str().cmp(x)).is_ok();
+        let made_already = taken
+            .iter()
+            .filter(|n| {
+                n.split_once(' ')
+                    .is_some_and(|(g, f)| known(&given, g) && known(&family, f))
+            })
+            .count();
+        let possible = given.len() * family.len() - made_already;
         if training.is_empty() || n > possible {
             return Err(Error::invalid(format!(
                 "{n} fresh people asked for, but this world's {} training people's given and family names make only {possible} new names",
