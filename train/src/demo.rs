@@ -290,11 +290,7 @@ pub fn run_demo(
         return Err(Error::invalid("the demo needs at least one seed"));
     }
     let (kd_qs, rl_qs) = split_rl_holdout(train_qs, cfg.rl_holdout)?;
-    if cfg.rl_fresh_people > 0 && cfg.rl_holdout > 0.0 {
-        return Err(Error::invalid(
-            "--rl-fresh-people and --rl-holdout both choose RL's questions: give one",
-        ));
-    }
+    crate::synth::fresh::one_question_source(cfg.rl_holdout, cfg.rl_fresh_people)?;
     if cfg.rl_holdout > 0.0 {
         tracing::info!(
             kd = kd_qs.len(),

@@ -541,38 +541,22 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
                 };
                 let teacher_ref = (algo == train::rl::Algo::Dgpo).then_some(&t);
                 let (_, rl_qs) = train::phases::split_rl_holdout(&qs, cli.rl_holdout)?;
-                if cli.rl_fresh_people > 0 {
-                    if cli.rl_holdout > 0.0 {
-                        bail!(
-                            "--rl-fresh-people and --rl-holdout both choose RL's questions: give one"
-                        );
+                train::synth::fresh::one_question_source(cli.rl_holdout, cli.rl_fresh_people)?;
+                // RL on fresh people searches the corpus with their passages added.
+                let fresh = match cli.rl_fresh_people {
+                    0 => None,
+                    n => {
+                        let env = train::synth::fresh::fresh_environment(&ds.dir, n, cli.seed)?;
+                        let r = dgpo_core::retrieve::MemoryRetriever::new(env.corpus);
+                        Some((r, env.questions))
                     }
-                    let env = train::synth::fresh::fresh_environment(
-                        &ds.dir,
-                        cli.rl_fresh_people,
-                        cli.seed,
-                    )?;
-                    let r = dgpo_core::retrieve::MemoryRetriever::new(env.corpus);
-                    train::rl::train_rl(
-                        &s,
-                        teacher_ref,
-                        &env.questions,
-                        &r,
-                        &cfg,
-                        &exp_dir,
-                        cli.resume,
-                    )?;
-                } else {
-                    train::rl::train_rl(
-                        &s,
-                        teacher_ref,
-                        rl_qs,
-                        retriever.as_ref(),
-                        &cfg,
-                        &exp_dir,
-                        cli.resume,
-                    )?;
-                }
+                };
+                let (rl_qs, r): (&[train::data::QaRow], &dyn dgpo_core::retrieve::Retriever) =
+                    match &fresh {
+                        Some((r, qs)) => (qs, r),
+                        None => (rl_qs, retriever.as_ref()),
+                    };
+                train::rl::train_rl(&s, teacher_ref, rl_qs, r, &cfg, &exp_dir, cli.resume)?;
                 let fin = exp_dir.join("final");
                 s.save(&fin)?;
                 tracing::info!(dir = %fin.display(), "RL done; final model saved");

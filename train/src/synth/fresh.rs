@@ -25,6 +25,16 @@ pub struct FreshEnvironment {
     pub questions: Vec<QaRow>,
 }
 
+/// Refuse a hold-out and fresh people together: both choose RL's questions.
+pub fn one_question_source(rl_holdout: f64, rl_fresh_people: usize) -> Result<()> {
+    if rl_fresh_people > 0 && rl_holdout > 0.0 {
+        return Err(Error::invalid(
+            "--rl-fresh-people and --rl-holdout both choose RL's questions: give one",
+        ));
+    }
+    Ok(())
+}
+
 /// `n` fresh people (drawn with `seed`) for the synthetic data folder `data_dir`, which must
 /// have been prepared from a world (`world.json`) and hold that world's `corpus.jsonl`.
 pub fn fresh_environment(data_dir: &Path, n: usize, seed: u64) -> Result<FreshEnvironment> {
