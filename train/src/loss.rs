@@ -52,6 +52,11 @@ pub fn forward_kl_per_token(teacher_logits: &Tensor, student_logits: &Tensor) ->
         )));
     }
     let t = ts - 1;
+    let (wt, ws) = (wide(teacher_logits)?, wide(student_logits)?);
+    if dgpo_core::model::fused::supported(&ws) && wt.dtype() == ws.dtype() {
+        // One pass over both logits each way (the composed ops below make a dozen).
+        return dgpo_core::model::fused::forward_kl(&ws, &wt, t);
+    }
     let lt =
         candle_nn::ops::log_softmax(&wide(&teacher_logits.narrow(1, 0, t)?.detach())?, D::Minus1)?;
     let ls = candle_nn::ops::log_softmax(&wide(&student_logits.narrow(1, 0, t)?)?, D::Minus1)?;

@@ -537,6 +537,12 @@ impl TrainModel {
 /// models).
 pub fn token_logprobs(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let (_, t, _) = logits.dims3()?;
+    let wide = crate::loss::wide(logits)?;
+    if dgpo_core::model::fused::supported(&wide) {
+        // One pass over the logits each way (the composed ops below make a dozen).
+        let tgt = ids.narrow(1, 1, t - 1)?.contiguous()?;
+        return dgpo_core::model::fused::target_logprobs(&wide, &tgt);
+    }
     let lp =
         candle_nn::ops::log_softmax(&crate::loss::wide(&logits.narrow(1, 0, t - 1)?)?, D::Minus1)?;
     let tgt = ids.narrow(1, 1, t - 1)?.contiguous()?.unsqueeze(2)?;

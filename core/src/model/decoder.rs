@@ -503,15 +503,22 @@ impl Decoder {
             };
             // Fold the `rep` query heads of each KV head into rows: (b, nkv, rep*t, hd).
             let q = q.reshape((b, nkv, rep * t, hd))?;
-            let att = (q.matmul(&k.t()?)? * scale)?;
+            let att = q.matmul(&k.t()?)?;
             let att = match &mask {
-                Some(m) => att
-                    .reshape((b, nkv, rep, t, total))?
-                    .broadcast_add(m)?
-                    .reshape((b, nkv, rep * t, total))?,
-                None => att,
+                // Training: one differentiable pass instead of seven composed ops (see fused).
+                Some(m) if self.ops == Ops::Differentiable && super::fused::supported(&att) => {
+                    let m = m.reshape((m.dim(0)?, t, total))?;
+                    super::fused::masked_softmax(&att.reshape((b, nh, t, total))?, &m, scale)?
+                        .reshape((b, nkv, rep * t, total))?
+                }
+                Some(m) => self.softmax(
+                    &(att * scale)?
+                        .reshape((b, nkv, rep, t, total))?
+                        .broadcast_add(m)?
+                        .reshape((b, nkv, rep * t, total))?,
+                )?,
+                None => self.softmax(&(att * scale)?)?,
             };
-            let att = self.softmax(&att)?;
             let y = att.matmul(&v.contiguous()?)?; // (b, nkv, rep*t, hd)
             let y = y
                 .reshape((b, nh, t, hd))?

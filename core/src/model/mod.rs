@@ -7,6 +7,7 @@
 mod candle_backend;
 pub mod decoder;
 pub mod export;
+pub mod fused;
 pub mod gguf;
 pub mod hf;
 pub mod quant_kernels;

@@ -226,10 +226,15 @@ pub fn value_loss(
     })
 }
 
-/// Per-position entropy of the full next-token distribution, `−Σ_v p_v log p_v`, (b, t) from
-/// logits (b, t, vocab), computed in f32 (f64 for f64 models).
-pub fn entropy(logits: &Tensor) -> Result<Tensor> {
-    let lp = candle_nn::ops::log_softmax(&wide(logits)?, D::Minus1)?;
+/// Per-position entropy of the full next-token distribution, `−Σ_v p_v log p_v`, of the first
+/// `n` positions, (b, n), from logits (b, t, vocab), computed in f32 (f64 for f64 models).
+pub fn entropy(logits: &Tensor, n: usize) -> Result<Tensor> {
+    let wide = wide(logits)?;
+    if dgpo_core::model::fused::supported(&wide) {
+        // One pass over the logits each way, and no `narrow` (whose backward zero-fills them).
+        return dgpo_core::model::fused::entropy(&wide, n);
+    }
+    let lp = candle_nn::ops::log_softmax(&wide.narrow(1, 0, n)?, D::Minus1)?;
     Ok((lp.exp()? * &lp)?.sum(D::Minus1)?.neg()?)
 }
 

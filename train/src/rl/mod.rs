@@ -522,7 +522,7 @@ fn micro_pass(
     let old = col(&|p| &p.old_logp)?;
     let adv = col(&|p| &p.adv)?;
     let pl = policy_loss(&logp, &old, &adv, &mask, cfg.clip_eps)?;
-    let ent = masked_mean(&entropy(&logits.narrow(1, 0, w)?)?, &mask)?;
+    let ent = masked_mean(&entropy(&logits, w)?, &mask)?;
     let mut loss = (&pl.loss - (&ent * cfg.entropy_coef)?)?;
     if cfg.algo == Algo::Grpo && cfg.kl_weight() > 0.0 && reference.is_some() {
         let rf = col(&|p| p.ref_logp.as_deref().unwrap_or(&[]))?;
