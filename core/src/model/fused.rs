@@ -173,7 +173,12 @@ fn masked_softmax_rows<T: Real>(x: &[T], mask: &[T], dims: &[usize], scale: f64)
         }
         let mut sum = T::zero();
         for v in y.iter_mut() {
-            *v = (*v - mx).exp();
+            // Causal rows mask about half their keys: exp(−∞) is 0, without the call.
+            *v = if *v == T::NEG_INF {
+                T::zero()
+            } else {
+                (*v - mx).exp()
+            };
             sum += *v;
         }
         let inv = T::one() / sum;
