@@ -13,10 +13,16 @@
 //!   permuted, so that it must read each answer out of the retrieved passage instead of
 //!   recalling it.
 //!
-//! Measured with the default settings on the 2-core dev machine (2026-12-03): `tiny` builds in
-//! 39 s; the teacher in 33 min (150 pretraining updates in 29 s, then 2000 fine-tuning updates
-//! of 8 trajectories at ~1 update/s). Its test EM (200 questions about people it was never asked
-//! about) is 0.295; on 100 of them 0.11 after 750 updates and 0.20 after 1000. The same settings
+//! Measured with the default settings on the 2-core dev machine (2026-12-04): `tiny` builds in
+//! 29-34 s; the teacher in 19-22 min (150 pretraining updates in 21-27 s, then 2000 fine-tuning
+//! updates of 8 trajectories at 0.56-0.65 s each; 33 min before the fused training kernels of
+//! `dgpo_core::model::fused`). Its test EM (200 questions about people it was never asked about)
+//! hangs on float rounding: 0.295 (composed ops, 2026-12-03), 0.140 (fused kernels) and 0.250
+//! (fused kernels and length-cut data-parallel slices), the same recipe and data each time.
+//! From the same pretrained weights the composed and fused fine-tuning agree to 1e-7 in loss at
+//! first; the pretraining's rounding alone moves the fine-tuning's first loss from 10.54 to
+//! 10.17. The 0.295 build scored 0.11 after 750 updates and 0.20 after 1000 (on 100 of the test
+//! questions). The same settings
 //! without the swap give a teacher that memorises: 0.92 on the first 100 training questions and
 //! 0.100 on the test questions (the swapped one, after 750 updates: 0.30 and 0.11). The
 //! remaining test errors are of two kinds: a search for a training person with a similar name
@@ -187,7 +193,7 @@ impl Default for PresetConfig {
                 pretrain_seq_len: 128,
                 // Copying an unseen name into the search, then reading the answer out of the
                 // passage, take long to learn: test EM (100 questions) 0.11 after 750 updates,
-                // 0.20 after 1000; 0.295 on 200 after 2000 (see the module docs).
+                // 0.20 after 1000; 0.14-0.295 on 200 after 2000, by build (see the module docs).
                 sft: Some(Stage {
                     steps: 2000,
                     lr: 3e-3,
