@@ -17,6 +17,7 @@ pub mod plot;
 pub mod presets;
 pub mod rl;
 pub mod synth;
+pub mod teacher_cache;
 pub mod trainer;
 
 pub use model::{Batch, ModelOptions, TrainModel};

@@ -117,6 +117,71 @@ pub fn distill_loss(
     })
 }
 
+/// Cross-entropy in row form: the mean of `−log p(target)` over row logits (n, vocab) of
+/// learnt positions ([`crate::TrainModel::target_logits`]); equal to [`cross_entropy`] of the
+/// full logits under the batch's target mask.
+pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    Ok(crate::model::row_logprobs(logits, targets)?
+        .neg()?
+        .mean_all()?)
+}
+
+/// Forward KL(p_teacher ‖ p_student) per row of (n, vocab) logits of learnt positions, (n,);
+/// the row form of [`forward_kl_per_token`].
+pub fn forward_kl_rows(teacher_logits: &Tensor, student_logits: &Tensor) -> Result<Tensor> {
+    let (nt, vt) = teacher_logits.dims2()?;
+    let (ns, vs) = student_logits.dims2()?;
+    if vt != vs {
+        return Err(Error::invalid(format!(
+            "teacher vocabulary ({vt}) differs from the student's ({vs}): forward KL needs the same tokenizer"
+        )));
+    }
+    if nt != ns {
+        return Err(Error::invalid(format!(
+            "teacher logits have {nt} rows, student logits {ns}"
+        )));
+    }
+    let (wt, ws) = (wide(&teacher_logits.detach())?, wide(student_logits)?);
+    if dgpo_core::model::fused::supported(&ws) && wt.dtype() == ws.dtype() {
+        // Each row is a batch of one position.
+        let k = dgpo_core::model::fused::forward_kl(&ws.unsqueeze(1)?, &wt.unsqueeze(1)?, 1)?;
+        return Ok(k.squeeze(1)?);
+    }
+    let lt = candle_nn::ops::log_softmax(&wt, D::Minus1)?;
+    let ls = candle_nn::ops::log_softmax(&ws, D::Minus1)?;
+    Ok((lt.exp()? * (lt - ls)?)?.sum(D::Minus1)?)
+}
+
+/// [`distill_loss`] in row form: `(1 − α)·CE + α·FKL` over row logits (n, vocab) of the learnt
+/// positions and the tokens they predict (n,).
+pub fn distill_loss_rows(
+    teacher_logits: &Tensor,
+    student_logits: &Tensor,
+    targets: &Tensor,
+    alpha: f64,
+) -> Result<DistillLoss> {
+    if !(0.0..=1.0).contains(&alpha) {
+        return Err(Error::invalid(format!(
+            "alpha must be in [0, 1], got {alpha}"
+        )));
+    }
+    let kl = forward_kl_rows(teacher_logits, student_logits)?.mean_all()?;
+    let ce = cross_entropy_rows(student_logits, targets)?;
+    let (klv, cev) = (scalar(&kl)?, scalar(&ce)?);
+    let loss = if alpha == 1.0 {
+        kl
+    } else if alpha == 0.0 {
+        ce
+    } else {
+        ((ce * (1.0 - alpha))? + (kl * alpha)?)?
+    };
+    Ok(DistillLoss {
+        loss,
+        ce: cev,
+        kl: klv,
+    })
+}
+
 /// Sampled-token KL estimate `log π_student(y_t) − log π_teacher(y_t)` (the `kl` / k1 estimator
 /// of DGPO's reward penalty), (b, t − 1), from per-token log-probs.
 pub fn k1_kl(student_logprobs: &Tensor, teacher_logprobs: &Tensor) -> Result<Tensor> {
@@ -198,6 +263,34 @@ mod tests {
         let l = d.loss.to_scalar::<f32>().unwrap() as f64;
         assert!((l - 0.5 * (d.ce + d.kl)).abs() < 1e-6);
         assert!((d.ce - (lse(&[0.0, -1.0, 3.0]) - 3.0)).abs() < 1e-6);
+    }
+
+    /// The row forms over the learnt positions equal the masked full forms.
+    #[test]
+    fn row_forms_equal_the_masked_full_forms() {
+        let s = t3(&S, (1, 3, 3));
+        let t = t3(&T, (1, 3, 3));
+        let ids = Tensor::new(&[[0u32, 1, 2]], &Device::Cpu).unwrap();
+        // Only position 1 (predicting token 2) is learnt.
+        let mask = Tensor::new(&[[0f32, 1.0]], &Device::Cpu).unwrap();
+        let row = |x: &Tensor| x.narrow(1, 1, 1).unwrap().squeeze(0).unwrap();
+        let tgt = Tensor::new(&[2u32], &Device::Cpu).unwrap();
+        let f = |x: Tensor| x.to_scalar::<f32>().unwrap();
+        let ce_full = f(cross_entropy(&s, &ids, &mask).unwrap());
+        let ce_rows = f(cross_entropy_rows(&row(&s), &tgt).unwrap());
+        assert!((ce_full - ce_rows).abs() < 1e-6, "{ce_full} vs {ce_rows}");
+        let kl_full = f(forward_kl(&t, &s, &mask).unwrap());
+        let kl_rows = forward_kl_rows(&row(&t), &row(&s)).unwrap();
+        assert_eq!(kl_rows.dims(), &[1]);
+        assert!((kl_full - f(kl_rows.sum_all().unwrap())).abs() < 1e-6);
+        let d = distill_loss(&t, &s, &ids, &mask, 0.3).unwrap();
+        let r = distill_loss_rows(&row(&t), &row(&s), &tgt, 0.3).unwrap();
+        assert!((d.ce - r.ce).abs() < 1e-6 && (d.kl - r.kl).abs() < 1e-6);
+        assert!((f(d.loss) - f(r.loss)).abs() < 1e-6);
+        let e = forward_kl_rows(&row(&t), &s.squeeze(0).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1 rows") && e.contains("3"), "{e}");
     }
 
     #[test]

@@ -74,6 +74,12 @@ pub struct Batch {
     pub target_mask: Tensor,
     /// Real length of each sequence.
     pub lens: Vec<usize>,
+    /// The positions the loss learns (where `target_mask` is 1), in row-major order, as flat
+    /// indices `i·t + j` into the batch's `b·t` positions: position `j` of sequence `i`
+    /// predicts its token `j + 1`. The rows of [`TrainModel::target_logits`].
+    pub target_rows: Vec<u32>,
+    /// The token each of `target_rows` predicts.
+    pub target_ids: Vec<u32>,
 }
 
 impl Batch {
@@ -114,12 +120,15 @@ impl Batch {
         let mut ids = vec![pad; b * t];
         let mut att = vec![0f32; b * t];
         let mut tgt = vec![0f32; b * (t - 1)];
+        let (mut target_rows, mut target_ids) = (Vec::new(), Vec::new());
         for (i, s) in seqs.iter().enumerate() {
             for (k, &id) in s.iter().enumerate() {
                 ids[i * t + k] = id;
                 att[i * t + k] = 1.0;
                 if k >= 1 && learn.is_none_or(|l| l[i][k]) {
                     tgt[i * (t - 1) + k - 1] = 1.0;
+                    target_rows.push((i * t + k - 1) as u32);
+                    target_ids.push(id);
                 }
             }
         }
@@ -128,6 +137,8 @@ impl Batch {
             attention: Tensor::from_vec(att, (b, t), device)?,
             target_mask: Tensor::from_vec(tgt, (b, t - 1), device)?,
             lens: seqs.iter().map(Vec::len).collect(),
+            target_rows,
+            target_ids,
         })
     }
 
@@ -139,6 +150,34 @@ impl Batch {
     /// Tokens in the batch, padding excluded.
     pub fn token_count(&self) -> usize {
         self.lens.iter().sum()
+    }
+
+    /// [`Batch::target_ids`] as a (n,) u32 tensor on `device`.
+    pub fn target_ids_tensor(&self, device: &Device) -> Result<Tensor> {
+        Ok(Tensor::new(self.target_ids.as_slice(), device)?)
+    }
+
+    /// Split per-target values (in [`Batch::target_rows`] order) into one vector per sequence
+    /// of `lens[i] − 1` positions, with `fill` at the positions no loss learns.
+    pub fn scatter_targets(&self, values: &[f32], fill: f32) -> Result<Vec<Vec<f32>>> {
+        if values.len() != self.target_rows.len() {
+            return Err(Error::invalid(format!(
+                "{} values for {} learnt positions",
+                values.len(),
+                self.target_rows.len()
+            )));
+        }
+        let t = self.ids.dim(1)?;
+        let mut out: Vec<Vec<f32>> = self
+            .lens
+            .iter()
+            .map(|&n| vec![fill; n.saturating_sub(1)])
+            .collect();
+        for (&r, &v) in self.target_rows.iter().zip(values) {
+            let (i, j) = (r as usize / t, r as usize % t);
+            out[i][j] = v;
+        }
+        Ok(out)
     }
 }
 
@@ -469,6 +508,23 @@ impl TrainModel {
         self.decoder.logits(&h)
     }
 
+    /// Logits at the batch's learnt positions only ([`Batch::target_rows`]), (n, vocab).
+    ///
+    /// Every loss reads the logits of learnt positions alone: prompt, `<information>`,
+    /// invalid-action and padding positions are masked out. Projecting only these rows onto
+    /// the vocabulary skips the head and the losses' vocabulary-wide softmax elsewhere, which
+    /// on agent trajectories (two thirds observations and prompt) is most of the positions.
+    pub fn target_logits(&self, batch: &Batch) -> Result<Tensor> {
+        if batch.target_rows.is_empty() {
+            return Err(Error::invalid("the batch has no learnt position"));
+        }
+        let h = self.hidden(batch)?;
+        let (b, t, d) = h.dims3()?;
+        let rows = Tensor::new(batch.target_rows.as_slice(), &self.device)?;
+        let h = h.reshape((b * t, d))?.index_select(&rows, 0)?;
+        self.decoder.logits(&h)
+    }
+
     /// Values of the critic head at every position, (b, t), from hidden states.
     pub fn values(&self, hidden: &Tensor) -> Result<Tensor> {
         let (w, b) = self.value_head.as_ref().ok_or_else(|| {
@@ -547,6 +603,20 @@ pub fn token_logprobs(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
         candle_nn::ops::log_softmax(&crate::loss::wide(&logits.narrow(1, 0, t - 1)?)?, D::Minus1)?;
     let tgt = ids.narrow(1, 1, t - 1)?.contiguous()?.unsqueeze(2)?;
     Ok(lp.gather(&tgt, 2)?.squeeze(2)?)
+}
+
+/// Log-probs of `targets` (n,) under row logits (n, vocab): (n,), in f32 (f64 for f64
+/// models). The row form of [`token_logprobs`], for [`TrainModel::target_logits`].
+pub fn row_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let wide = crate::loss::wide(logits)?;
+    let tgt = targets.to_dtype(DType::U32)?.contiguous()?.unsqueeze(1)?;
+    if dgpo_core::model::fused::supported(&wide) {
+        // Each row is a batch of one position.
+        let lp = dgpo_core::model::fused::target_logprobs(&wide.unsqueeze(1)?, &tgt)?;
+        return Ok(lp.squeeze(1)?);
+    }
+    let lp = candle_nn::ops::log_softmax(&wide, D::Minus1)?;
+    Ok(lp.gather(&tgt, 1)?.squeeze(1)?)
 }
 
 /// `<dir>.<tag>-<pid>` next to `dir`.

@@ -21,6 +21,7 @@ use crate::checkpoint::{
 use crate::loss;
 use crate::model::{Batch, TrainModel};
 use crate::optim::{AdamW, AdamWConfig, Schedule};
+use crate::teacher_cache::TeacherCache;
 
 /// One training sequence: token ids and which of them the loss learns (false for the prompt,
 /// `<information>` observations and invalid-action messages).
@@ -157,6 +158,27 @@ pub struct Trainer<'a> {
     pad: u32,
     metrics: Option<MetricsLog>,
     order: Option<(usize, Vec<usize>)>,
+    /// The frozen teacher's logits per example, when they fit the budget (KD only).
+    teacher_cache: Option<TeacherCache>,
+}
+
+/// Where a slice's teacher distributions come from: the cache, or a forward pass of the batch.
+#[derive(Clone, Copy)]
+struct TeacherSide<'a> {
+    model: &'a TrainModel,
+    cache: Option<&'a TeacherCache>,
+    data: &'a [Example],
+}
+
+impl TeacherSide<'_> {
+    /// Detached teacher logits at the learnt positions of `batch` (whose row `k` is example
+    /// `idx[k]`), (n, vocab) in [`Batch::target_rows`] order.
+    fn target_logits(&self, idx: &[usize], batch: &Batch) -> Result<candle_core::Tensor> {
+        match self.cache {
+            Some(c) => c.target_logits(self.model, self.data, idx, batch),
+            None => Ok(self.model.target_logits(batch)?.detach()),
+        }
+    }
 }
 
 impl<'a> Trainer<'a> {
@@ -203,6 +225,9 @@ impl<'a> Trainer<'a> {
             }
         }
         let opt = AdamW::new(student.named_vars(), cfg.adamw)?;
+        let teacher_cache = teacher.and_then(|t| {
+            TeacherCache::new(t, data, pad, crate::teacher_cache::DEFAULT_BUDGET_BYTES)
+        });
         Ok(Trainer {
             student,
             teacher,
@@ -213,7 +238,22 @@ impl<'a> Trainer<'a> {
             pad,
             metrics: None,
             order: None,
+            teacher_cache,
         })
+    }
+
+    /// Cap the memory of the teacher's logit cache (KD; see [`crate::teacher_cache`]) at
+    /// `bytes`, dropping what it holds: a cap below what the examples need, `0` included,
+    /// scores the teacher on every batch instead.
+    pub fn set_teacher_cache_budget(&mut self, bytes: usize) {
+        self.teacher_cache = self
+            .teacher
+            .and_then(|t| TeacherCache::new(t, self.data, self.pad, bytes));
+    }
+
+    /// Examples whose teacher logits are cached so far (`None`: no cache).
+    pub fn teacher_cache_filled(&self) -> Option<usize> {
+        self.teacher_cache.as_ref().map(TeacherCache::filled)
     }
 
     /// Updates completed.
@@ -279,27 +319,33 @@ impl<'a> Trainer<'a> {
                 let batch = Batch::new(&seqs, Some(&learn), self.pad, self.student.device())?;
                 tokens += batch.token_count();
                 let n = batch.target_count()?;
-                slices.push((batch, n));
+                slices.push((batch, n, part));
             }
-            let total: f64 = slices.iter().map(|(_, n)| n).sum();
+            let total: f64 = slices.iter().map(|(_, n, _)| n).sum();
             targets += total;
-            let jobs: Vec<(Batch, f64)> = slices
+            let jobs: Vec<(Batch, f64, Vec<usize>)> = slices
                 .into_iter()
                 // A slice with no learnt token has no loss (its masked mean would be 0/0).
-                .filter(|(_, n)| *n > 0.0)
-                .map(|(batch, n)| (batch, n / total / a as f64))
+                .filter(|(_, n, _)| *n > 0.0)
+                .map(|(batch, n, part)| (batch, n / total / a as f64, part))
                 .collect();
-            let (student, teacher, alpha) = (self.student, self.teacher, self.cfg.alpha);
+            let (student, alpha) = (self.student, self.cfg.alpha);
+            let teacher = self.teacher.map(|model| TeacherSide {
+                model,
+                cache: self.teacher_cache.as_ref(),
+                data: self.data,
+            });
             let outs: Vec<Result<SliceOut>> = if jobs.len() <= 1 {
                 jobs.iter()
-                    .map(|(batch, w)| slice_pass(student, teacher, alpha, batch, *w))
+                    .map(|(batch, w, part)| slice_pass(student, teacher, alpha, batch, part, *w))
                     .collect()
             } else {
                 std::thread::scope(|scope| {
                     let handles: Vec<_> = jobs
                         .iter()
-                        .map(|(batch, w)| {
-                            scope.spawn(move || slice_pass(student, teacher, alpha, batch, *w))
+                        .map(|(batch, w, part)| {
+                            scope
+                                .spawn(move || slice_pass(student, teacher, alpha, batch, part, *w))
                         })
                         .collect();
                     handles
@@ -415,23 +461,27 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// Loss and weighted gradient of one slice of a micro-batch (`weight`: its share of the update).
+/// Loss and weighted gradient of one slice of a micro-batch (`weight`: its share of the update;
+/// `idx`: the examples of the batch's rows).
 fn slice_pass(
     student: &TrainModel,
-    teacher: Option<&TrainModel>,
+    teacher: Option<TeacherSide<'_>>,
     alpha: f64,
     batch: &Batch,
+    idx: &[usize],
     weight: f64,
 ) -> Result<SliceOut> {
-    let logits = student.logits(batch)?;
+    // Logits of the learnt positions only: every other position is masked out of the loss.
+    let logits = student.target_logits(batch)?;
+    let targets = batch.target_ids_tensor(student.device())?;
     let (l, kl, ce) = match teacher {
         Some(t) => {
-            let tl = t.logits(batch)?.detach();
-            let d = loss::distill_loss(&tl, &logits, &batch.ids, &batch.target_mask, alpha)?;
+            let tl = t.target_logits(idx, batch)?;
+            let d = loss::distill_loss_rows(&tl, &logits, &targets, alpha)?;
             (d.loss, d.kl, d.ce)
         }
         None => {
-            let ce = loss::cross_entropy(&logits, &batch.ids, &batch.target_mask)?;
+            let ce = loss::cross_entropy_rows(&logits, &targets)?;
             let v = loss::scalar(&ce)?;
             (ce, 0.0, v)
         }

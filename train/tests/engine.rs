@@ -144,6 +144,84 @@ fn right_padded_batch_equals_single_sequences() {
     assert_eq!(tm[1].iter().sum::<f32>() as usize, seqs[1].len() - 1);
 }
 
+/// The row form the losses use (logits of learnt positions only) gives the full form's values
+/// and gradients, in f64: the distillation loss of `target_logits` against the masked one of
+/// `logits`, for every weight of the student; and per-target values scatter back to their
+/// positions.
+#[test]
+fn row_form_losses_equal_the_masked_full_forms() {
+    let opts = ModelOptions {
+        dtype: DType::F64,
+        ..Default::default()
+    };
+    let student = load("tiny-qwen2", &opts);
+    let teacher = load("tiny-llama", &opts);
+    let r = reference(&fixture("tiny-qwen2"));
+    let seqs = vec![r.ids[..9].to_vec(), r.ids[4..10].to_vec()];
+    let learn = vec![
+        vec![false, false, true, true, false, false, true, true, true],
+        vec![false, true, true, true, false, true],
+    ];
+    let batch = Batch::new(&seqs, Some(&learn), 509, student.device()).unwrap();
+    // Row-major: sequence 0 positions 1, 2, 5, 6, 7; sequence 1 (t = 9) positions 0, 1, 2, 4.
+    assert_eq!(batch.target_rows, vec![1, 2, 5, 6, 7, 9, 10, 11, 13]);
+    assert_eq!(batch.target_ids.len(), 9);
+    assert_eq!(batch.target_ids[0], seqs[0][2]);
+    assert_eq!(batch.target_ids[8], seqs[1][5]);
+    let tgt = batch.target_ids_tensor(student.device()).unwrap();
+    for alpha in [1.0, 0.3] {
+        let full = loss::distill_loss(
+            &teacher.logits(&batch).unwrap().detach(),
+            &student.logits(&batch).unwrap(),
+            &batch.ids,
+            &batch.target_mask,
+            alpha,
+        )
+        .unwrap();
+        let rows = loss::distill_loss_rows(
+            &teacher.target_logits(&batch).unwrap().detach(),
+            &student.target_logits(&batch).unwrap(),
+            &tgt,
+            alpha,
+        )
+        .unwrap();
+        assert!((full.kl - rows.kl).abs() < 1e-12 && (full.ce - rows.ce).abs() < 1e-12);
+        let (gf, gr) = (full.loss.backward().unwrap(), rows.loss.backward().unwrap());
+        for (name, var) in student.named_vars() {
+            let a = gf.get(var.as_tensor()).unwrap();
+            let b = gr.get(var.as_tensor()).unwrap();
+            let d = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(d < 1e-12, "alpha {alpha}, {name}: gradients differ by {d}");
+        }
+    }
+    // Per-target values go back to their positions, the rest filled.
+    let vals: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+    let back = batch.scatter_targets(&vals, -1.0).unwrap();
+    assert_eq!(back[0], vec![-1.0, 1.0, 2.0, -1.0, -1.0, 3.0, 4.0, 5.0]);
+    assert_eq!(back[1], vec![6.0, 7.0, 8.0, -1.0, 9.0]);
+    let e = batch
+        .scatter_targets(&vals[..3], 0.0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("3 values for 9 learnt positions"), "{e}");
+    let none = Batch::new(
+        &seqs,
+        Some(&[vec![false; 9], vec![false; 6]]),
+        509,
+        student.device(),
+    )
+    .unwrap();
+    let e = student.target_logits(&none).unwrap_err().to_string();
+    assert!(e.contains("no learnt position"), "{e}");
+}
+
 #[test]
 fn saved_folder_loads_in_core_with_identical_logits() {
     let tmp = tempfile::tempdir().unwrap();
@@ -544,6 +622,59 @@ fn kd_reduces_forward_kl_and_refuses_vocab_mismatch() {
         .expect("vocab mismatch must be refused")
         .to_string();
     assert!(e.contains("256") && e.contains("512"), "{e}");
+}
+
+/// KD with the teacher's logits cached per example makes the updates that scoring the teacher
+/// on every batch makes (the cached rows are the teacher's own, scored unpadded), over two
+/// epochs of the data, with one and two data-parallel threads; the cache fills with exactly the
+/// examples drawn so far.
+#[test]
+fn kd_with_cached_teacher_logits_matches_online_scoring() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = toy_examples(6, 10, 512, 13);
+    let teacher = load("tiny-llama", &ModelOptions::default());
+    for threads in [1, 2] {
+        let run = |budget: Option<usize>, steps: usize| {
+            let m = load("tiny-qwen2", &ModelOptions::default());
+            let mut c = cfg(6, 0);
+            c.adamw.eps = 1e-6;
+            c.threads = threads;
+            let dir = tmp.path().join(format!("{threads}-{budget:?}-{steps}"));
+            let mut t = Trainer::new(&m, Some(&teacher), &data, c, &dir, 509).unwrap();
+            if let Some(b) = budget {
+                t.set_teacher_cache_budget(b);
+            }
+            let ms = t.run(steps).unwrap();
+            let filled = t.teacher_cache_filled();
+            drop(t);
+            (weights(&m), ms, filled)
+        };
+        let (w_on, m_on, f_on) = run(Some(0), 6);
+        assert_eq!(f_on, None, "a zero budget scores online");
+        // One update of 2 micro-batches of 2 draws 4 of the 6 examples.
+        assert_eq!(run(None, 1).2, Some(4));
+        let (w_c, m_c, f_c) = run(None, 6);
+        assert_eq!(f_c, Some(6));
+        for (x, y) in m_on.iter().zip(&m_c) {
+            assert!(
+                (x.kl.unwrap() - y.kl.unwrap()).abs() < 1e-5,
+                "{x:?} vs {y:?}"
+            );
+            assert!((x.loss - y.loss).abs() < 1e-5 && (x.grad_norm - y.grad_norm).abs() < 1e-4);
+        }
+        let start = weights(&load("tiny-qwen2", &ModelOptions::default()));
+        let (mut worst, mut moved) = (0f32, 0f32);
+        for (name, a) in &w_on {
+            for ((x, y), s0) in a.iter().zip(&w_c[name]).zip(&start[name]) {
+                worst = worst.max((x - y).abs());
+                moved = moved.max((x - s0).abs());
+            }
+        }
+        assert!(
+            moved > 1e-3 && worst < 0.01 * moved,
+            "{threads} threads: cached and online KD differ by {worst} (moved {moved})"
+        );
+    }
 }
 
 #[test]

@@ -524,8 +524,9 @@ fn dgpo_resume_replays_the_uninterrupted_run() {
     assert!(e.contains("no complete RL checkpoint"), "{e}");
 }
 
-/// Micro-batches of a mini-batch computed on parallel threads give the same update as one
-/// after another: each is computed alone and the gradients are summed in micro-batch order.
+/// Micro-batches scored (old log-probs, the teacher's log-probs, values) and updated on
+/// parallel threads give the same update as one after another, bit for bit: each is computed
+/// alone and the gradients are summed in micro-batch order.
 #[test]
 fn parallel_update_threads_give_the_same_weights() {
     let w = world();

@@ -3,10 +3,13 @@
 //!
 //! One RL step: the student answers `questions_per_step` training questions (`group_size`
 //! rollouts each) through core's agent loop with its current weights ([`rollout`]); each
-//! rollout gets an exact-match outcome reward on its last generated token; a single batched,
+//! rollout gets an exact-match outcome reward on its last generated token; a batched,
 //! gradient-free pass scores the sampled tokens under the student (old log-probs), the
-//! reference and the critic; then PPO epochs of mini-batch updates follow ([`algo`] holds the
-//! numbers).
+//! reference and the critic (micro-batches on `update_threads` threads); then PPO epochs of
+//! mini-batch updates follow ([`algo`] holds the numbers). The policy's logits are computed at
+//! generated positions only ([`TrainModel::target_logits`]): no loss reads the vocabulary
+//! distribution at prompt or observation positions, which are most of an agent rollout (the
+//! base student's: ~70 generated tokens of ~520).
 //!
 //! The three algorithms differ only in the reference model, where its KL goes, and the
 //! advantage:
@@ -64,12 +67,12 @@ use crate::checkpoint::{
     TrainState, checkpoint_dir, list_checkpoints, load_checkpoint, save_checkpoint,
 };
 use crate::data::QaRow;
-use crate::loss::{masked_mean, scalar};
-use crate::model::{Batch, ModelOptions, TrainModel, token_logprobs};
+use crate::loss::scalar;
+use crate::model::{Batch, ModelOptions, TrainModel, row_logprobs};
 use crate::optim::{AdamW, AdamWConfig, Decay, Schedule};
 
 use self::algo::{
-    entropy, failed, gae, grpo_advantages, low_var_kl, pad_rows, policy_loss, token_rewards,
+    entropy_rows, failed, gae, grpo_advantages, low_var_kl, pad_rows, policy_loss, token_rewards,
     value_loss, whiten,
 };
 use self::rollout::{Sampled, live_policy, mix, run_rollouts};
@@ -509,30 +512,66 @@ fn micro_pass(
     let learn: Vec<Vec<bool>> = items.iter().map(|p| p.learn.clone()).collect();
     let batch = Batch::new(&seqs, Some(&learn), cfg.pad_id, student.device())?;
     let dev = student.device();
-    let logits = student.logits(&batch)?;
-    let t = logits.dim(1)?;
-    let logp = token_logprobs(&logits, &batch.ids)?;
+    if batch.target_rows.is_empty() {
+        // No generated token (every rollout ran out of context at once): no loss, no gradient.
+        return Ok(MicroOut {
+            actor: GradStore::default(),
+            critic: critic.map(|_| (0.0, 0.0, GradStore::default())),
+            policy_loss: 0.0,
+            entropy: 0.0,
+            clip_frac: 0.0,
+            approx_kl: 0.0,
+        });
+    }
+    // The policy's logits at generated positions only: the losses read no other position.
+    let logits = student.target_logits(&batch)?;
+    let logp = row_logprobs(&logits, &batch.target_ids_tensor(dev)?)?;
     let dt = logp.dtype();
-    let w = t - 1;
-    let col = |f: &dyn Fn(&Prepared) -> &[f32]| -> Result<Tensor> {
-        let r: Vec<&[f32]> = items.iter().map(|p| f(p)).collect();
-        pad_rows(&r, w, dt, dev)
+    let n = batch.target_rows.len();
+    // A per-position vector of each rollout at its generated positions, in the order of the
+    // batch's target rows (rollout by rollout, position by position).
+    let at_targets = |f: &dyn Fn(&Prepared) -> &[f32]| -> Result<Tensor> {
+        let mut v = Vec::with_capacity(n);
+        for p in items {
+            let src = f(p);
+            v.extend(
+                p.mask
+                    .iter()
+                    .zip(src)
+                    .filter(|(m, _)| **m > 0.0)
+                    .map(|(_, x)| *x),
+            );
+        }
+        if v.len() != n {
+            return Err(Error::invalid(format!(
+                "{} per-position values for {n} generated positions",
+                v.len()
+            )));
+        }
+        Ok(Tensor::from_vec(v, n, dev)?.to_dtype(dt)?)
     };
-    let mask = batch.target_mask.to_dtype(dt)?;
-    let old = col(&|p| &p.old_logp)?;
-    let adv = col(&|p| &p.adv)?;
-    let pl = policy_loss(&logp, &old, &adv, &mask, cfg.clip_eps)?;
-    let ent = masked_mean(&entropy(&logits, w)?, &mask)?;
+    let all = Tensor::ones(n, dt, dev)?;
+    let old = at_targets(&|p| &p.old_logp)?;
+    let adv = at_targets(&|p| &p.adv)?;
+    let pl = policy_loss(&logp, &old, &adv, &all, cfg.clip_eps)?;
+    let ent = entropy_rows(&logits)?.mean_all()?;
     let mut loss = (&pl.loss - (&ent * cfg.entropy_coef)?)?;
     if cfg.algo == Algo::Grpo && cfg.kl_weight() > 0.0 && reference.is_some() {
-        let rf = col(&|p| p.ref_logp.as_deref().unwrap_or(&[]))?;
-        let kl = masked_mean(&low_var_kl(&logp, &rf)?, &mask)?;
+        let rf = at_targets(&|p| p.ref_logp.as_deref().unwrap_or(&[]))?;
+        let kl = low_var_kl(&logp, &rf)?.mean_all()?;
         loss = (loss + (kl * cfg.kl_weight())?)?;
     }
     let (policy_loss, entropy) = (scalar(&pl.loss)?, scalar(&ent)?);
     let actor = (loss / nm)?.backward()?;
     let critic = match critic {
         Some(c) => {
+            // Values are one number a position: the critic keeps the padded (b, t − 1) form.
+            let w = batch.ids.dim(1)? - 1;
+            let col = |f: &dyn Fn(&Prepared) -> &[f32]| -> Result<Tensor> {
+                let r: Vec<&[f32]> = items.iter().map(|p| f(p)).collect();
+                pad_rows(&r, w, dt, dev)
+            };
+            let mask = batch.target_mask.to_dtype(dt)?;
             let v = c.values(&c.hidden(&batch)?)?;
             let v = crate::loss::wide(&v.narrow(1, 0, w)?)?;
             let old_v = col(&|p| p.values.as_deref().unwrap_or(&[]))?;
@@ -550,6 +589,70 @@ fn micro_pass(
         entropy,
         clip_frac: pl.clip_frac,
         approx_kl: pl.approx_kl,
+    })
+}
+
+/// What scoring one micro-batch gives, per rollout: the student's log-probs (the PPO ratio's
+/// denominator), the reference's log-probs and full KL when there is a reference, the critic's
+/// values when there is a critic.
+struct Scored {
+    old: Vec<Vec<f32>>,
+    refs: Option<Vec<Vec<f32>>>,
+    fkl: Option<Vec<Vec<f32>>>,
+    vals: Option<Vec<Vec<f32>>>,
+}
+
+/// Score one micro-batch without gradients. Free of `Run` so that micro-batches can be
+/// scored on parallel threads.
+fn score_micro(
+    student: &TrainModel,
+    reference: Option<&TrainModel>,
+    critic: Option<&TrainModel>,
+    cfg: &RlConfig,
+    items: &[&Prepared],
+) -> Result<Scored> {
+    let seqs: Vec<Vec<u32>> = items.iter().map(|p| p.ids.clone()).collect();
+    let learn: Vec<Vec<bool>> = items.iter().map(|p| p.learn.clone()).collect();
+    let batch = Batch::new(&seqs, Some(&learn), cfg.pad_id, student.device())?;
+    let lens: Vec<usize> = batch.lens.iter().map(|n| n - 1).collect();
+    // Generated positions only (the rest is read under the mask alone, as 0).
+    let targets = batch.target_ids_tensor(student.device())?;
+    let per_position = |x: &Tensor| -> Result<Vec<Vec<f32>>> {
+        batch.scatter_targets(&x.to_dtype(DType::F32)?.to_vec1::<f32>()?, 0.0)
+    };
+    let (mut refs, mut fkl) = (None, None);
+    let old = if batch.target_rows.is_empty() {
+        // No generated token: nothing is read under the mask.
+        let zeros = batch.scatter_targets(&[], 0.0)?;
+        refs = reference.map(|_| zeros.clone());
+        fkl = (reference.is_some() && cfg.full_kl).then(|| zeros.clone());
+        zeros
+    } else {
+        let s_logits = student.target_logits(&batch)?.detach();
+        if let Some(m) = reference {
+            let r_logits = m.target_logits(&batch)?.detach();
+            refs = Some(per_position(&row_logprobs(&r_logits, &targets)?)?);
+            if cfg.full_kl {
+                fkl = Some(per_position(&crate::loss::forward_kl_rows(
+                    &r_logits, &s_logits,
+                )?)?);
+            }
+        }
+        per_position(&row_logprobs(&s_logits, &targets)?)?
+    };
+    let vals = match critic {
+        Some(c) => {
+            let v = c.values(&c.hidden(&batch)?)?.detach();
+            let t = v.dim(1)?;
+            Some(rows(&v.narrow(1, 0, t - 1)?, &lens)?)
+        }
+        None => None,
+    };
+    Ok(Scored {
+        old,
+        refs,
+        fkl,
+        vals,
     })
 }
 
@@ -609,12 +712,6 @@ impl Run<'_> {
         self.order.as_ref().expect("set above").1[pos % n]
     }
 
-    fn batch(&self, items: &[&Prepared]) -> Result<Batch> {
-        let seqs: Vec<Vec<u32>> = items.iter().map(|p| p.ids.clone()).collect();
-        let learn: Vec<Vec<bool>> = items.iter().map(|p| p.learn.clone()).collect();
-        Batch::new(&seqs, Some(&learn), self.cfg.pad_id, self.student.device())
-    }
-
     /// Old log-probs, reference log-probs and values of every rollout, without gradients, in
     /// right-padded micro-batches.
     fn score(&self, samples: &[Sampled]) -> Result<Vec<Prepared>> {
@@ -653,36 +750,48 @@ impl Run<'_> {
                 )));
             }
         }
+        // Micro-batches are scored `update_threads` at a time (kernels are single-threaded on
+        // the tiny presets, so one micro-batch at a time left a core idle); each micro-batch's
+        // numbers do not depend on which thread scored it.
         let mb = self.cfg.micro_batch;
-        for start in (0..out.len()).step_by(mb) {
-            let end = (start + mb).min(out.len());
-            let items: Vec<&Prepared> = out[start..end].iter().collect();
-            let batch = self.batch(&items)?;
-            let lens: Vec<usize> = batch.lens.iter().map(|n| n - 1).collect();
-            let s_logits = self.student.logits(&batch)?.detach();
-            let old = rows(&token_logprobs(&s_logits, &batch.ids)?, &lens)?;
-            let (mut refs, mut fkl) = (None, None);
-            if let Some(m) = self.reference.get() {
-                let r_logits = m.logits(&batch)?.detach();
-                refs = Some(rows(&token_logprobs(&r_logits, &batch.ids)?, &lens)?);
-                if self.cfg.full_kl {
-                    let k = crate::loss::forward_kl_per_token(&r_logits, &s_logits)?;
-                    fkl = Some(rows(&k, &lens)?);
-                }
-            }
-            let vals = match &self.critic {
-                Some(c) => {
-                    let v = c.values(&c.hidden(&batch)?)?.detach();
-                    let t = v.dim(1)?;
-                    Some(rows(&v.narrow(1, 0, t - 1)?, &lens)?)
-                }
-                None => None,
+        let starts: Vec<usize> = (0..out.len()).step_by(mb).collect();
+        let (student, reference, critic, cfg) = (
+            self.student,
+            self.reference.get(),
+            self.critic.as_ref(),
+            self.cfg,
+        );
+        let mut scored = Vec::with_capacity(starts.len());
+        for wave in starts.chunks(cfg.update_threads.max(1)) {
+            let pass = |start: usize| {
+                let end = (start + mb).min(out.len());
+                let items: Vec<&Prepared> = out[start..end].iter().collect();
+                score_micro(student, reference, critic, cfg, &items)
             };
-            for (k, p) in out[start..end].iter_mut().enumerate() {
-                p.old_logp = old[k].clone();
-                p.ref_logp = refs.as_ref().map(|r| r[k].clone());
-                p.full_kl = fkl.as_ref().map(|r| r[k].clone());
-                p.values = vals.as_ref().map(|r| r[k].clone());
+            let outs: Vec<Result<Scored>> = if wave.len() == 1 {
+                vec![pass(wave[0])]
+            } else {
+                std::thread::scope(|sc| {
+                    let hs: Vec<_> = wave.iter().map(|&st| sc.spawn(move || pass(st))).collect();
+                    hs.into_iter()
+                        .map(|h| {
+                            h.join().unwrap_or_else(|_| {
+                                Err(Error::invalid("a scoring thread panicked"))
+                            })
+                        })
+                        .collect()
+                })
+            };
+            for o in outs {
+                scored.push(o?);
+            }
+        }
+        for (&start, sc) in starts.iter().zip(scored) {
+            for (k, p) in out[start..].iter_mut().take(sc.old.len()).enumerate() {
+                p.old_logp = sc.old[k].clone();
+                p.ref_logp = sc.refs.as_ref().map(|r| r[k].clone());
+                p.full_kl = sc.fkl.as_ref().map(|r| r[k].clone());
+                p.values = sc.vals.as_ref().map(|r| r[k].clone());
             }
         }
         Ok(out)
