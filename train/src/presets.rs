@@ -17,8 +17,10 @@
 //! 29-34 s; the teacher in 19-22 min (150 pretraining updates in 21-27 s, then 2000 fine-tuning
 //! updates of 8 trajectories at 0.56-0.65 s each; 33 min before the fused training kernels of
 //! `dgpo_core::model::fused`). Its test EM (200 questions about people it was never asked about)
-//! hangs on float rounding: 0.295 (composed ops, 2026-12-03), 0.140 (fused kernels) and 0.250
-//! (fused kernels and length-cut data-parallel slices), the same recipe and data each time.
+//! hangs on float rounding: 0.295 (composed ops, 2026-12-03), 0.140 (fused kernels), 0.250
+//! (fused kernels and length-cut data-parallel slices) and 0.160 (2026-12-07: logits of learnt
+//! positions only; 1,234-1,265 s of fine-tuning on that day's machine), the same recipe and data
+//! each time.
 //! From the same pretrained weights the composed and fused fine-tuning agree to 1e-7 in loss at
 //! first; the pretraining's rounding alone moves the fine-tuning's first loss from 10.54 to
 //! 10.17. The 0.295 build scored 0.11 after 750 updates and 0.20 after 1000 (on 100 of the test
