@@ -95,13 +95,23 @@ pub fn distill_loss(
     mask: &Tensor,
     alpha: f64,
 ) -> Result<DistillLoss> {
+    check_alpha(alpha)?;
+    let kl = forward_kl(teacher_logits, student_logits, mask)?;
+    let ce = cross_entropy(student_logits, ids, mask)?;
+    mix(kl, ce, alpha)
+}
+
+fn check_alpha(alpha: f64) -> Result<()> {
     if !(0.0..=1.0).contains(&alpha) {
         return Err(Error::invalid(format!(
             "alpha must be in [0, 1], got {alpha}"
         )));
     }
-    let kl = forward_kl(teacher_logits, student_logits, mask)?;
-    let ce = cross_entropy(student_logits, ids, mask)?;
+    Ok(())
+}
+
+/// `(1 − α)·CE + α·FKL` from the two means (a term whose weight is 0 is not built).
+fn mix(kl: Tensor, ce: Tensor, alpha: f64) -> Result<DistillLoss> {
     let (klv, cev) = (scalar(&kl)?, scalar(&ce)?);
     let loss = if alpha == 1.0 {
         kl
@@ -160,26 +170,10 @@ pub fn distill_loss_rows(
     targets: &Tensor,
     alpha: f64,
 ) -> Result<DistillLoss> {
-    if !(0.0..=1.0).contains(&alpha) {
-        return Err(Error::invalid(format!(
-            "alpha must be in [0, 1], got {alpha}"
-        )));
-    }
+    check_alpha(alpha)?;
     let kl = forward_kl_rows(teacher_logits, student_logits)?.mean_all()?;
     let ce = cross_entropy_rows(student_logits, targets)?;
-    let (klv, cev) = (scalar(&kl)?, scalar(&ce)?);
-    let loss = if alpha == 1.0 {
-        kl
-    } else if alpha == 0.0 {
-        ce
-    } else {
-        ((ce * (1.0 - alpha))? + (kl * alpha)?)?
-    };
-    Ok(DistillLoss {
-        loss,
-        ce: cev,
-        kl: klv,
-    })
+    mix(kl, ce, alpha)
 }
 
 /// Sampled-token KL estimate `log π_student(y_t) − log π_teacher(y_t)` (the `kl` / k1 estimator
