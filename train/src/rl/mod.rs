@@ -656,6 +656,28 @@ fn score_micro(
     })
 }
 
+/// `f` on each item of one wave, each on a scoped thread of its own (inline for a single item),
+/// results in item order; a panicking thread becomes an error naming `what`.
+fn run_wave<T: Sync, R: Send>(
+    wave: &[T],
+    what: &str,
+    f: impl Fn(&T) -> Result<R> + Sync,
+) -> Vec<Result<R>> {
+    if wave.len() == 1 {
+        return vec![f(&wave[0])];
+    }
+    std::thread::scope(|sc| {
+        let f = &f;
+        let hs: Vec<_> = wave.iter().map(|x| sc.spawn(move || f(x))).collect();
+        hs.into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::invalid(format!("a {what} thread panicked"))))
+            })
+            .collect()
+    })
+}
+
 /// Rows of a (b, w) tensor as f32 vectors cut to `lens[i]` entries.
 fn rows(t: &Tensor, lens: &[usize]) -> Result<Vec<Vec<f32>>> {
     let v = t.to_dtype(DType::F32)?.to_vec2::<f32>()?;
@@ -768,21 +790,7 @@ impl Run<'_> {
                 let items: Vec<&Prepared> = out[start..end].iter().collect();
                 score_micro(student, reference, critic, cfg, &items)
             };
-            let outs: Vec<Result<Scored>> = if wave.len() == 1 {
-                vec![pass(wave[0])]
-            } else {
-                std::thread::scope(|sc| {
-                    let hs: Vec<_> = wave.iter().map(|&st| sc.spawn(move || pass(st))).collect();
-                    hs.into_iter()
-                        .map(|h| {
-                            h.join().unwrap_or_else(|_| {
-                                Err(Error::invalid("a scoring thread panicked"))
-                            })
-                        })
-                        .collect()
-                })
-            };
-            for o in outs {
+            for o in run_wave(wave, "scoring", |&st| pass(st)) {
                 scored.push(o?);
             }
         }
@@ -916,21 +924,7 @@ impl Run<'_> {
                 // `update_threads` micro-batches at a time, accumulated in micro-batch order
                 // (one at a time, as soon as it is done, when sequential: less memory).
                 for wave in micros.chunks(cfg.update_threads.max(1)) {
-                    let outs: Vec<Result<MicroOut>> = if wave.len() == 1 {
-                        vec![pass(wave[0])]
-                    } else {
-                        std::thread::scope(|sc| {
-                            let hs: Vec<_> = wave.iter().map(|m| sc.spawn(|| pass(m))).collect();
-                            hs.into_iter()
-                                .map(|h| {
-                                    h.join().unwrap_or_else(|_| {
-                                        Err(Error::invalid("a PPO update thread panicked"))
-                                    })
-                                })
-                                .collect()
-                        })
-                    };
-                    for out in outs {
+                    for out in run_wave(wave, "PPO update", |m| pass(m)) {
                         let out = out?;
                         pls.push(out.policy_loss);
                         ents.push(out.entropy);
