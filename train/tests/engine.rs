@@ -144,20 +144,25 @@ fn right_padded_batch_equals_single_sequences() {
     assert_eq!(tm[1].iter().sum::<f32>() as usize, seqs[1].len() - 1);
 }
 
+/// The f64 student (tiny Qwen2) and teacher (tiny Llama) of the gradient checks, and two
+/// overlapping slices (9 and 6 tokens) of the reference sequence.
+fn f64_pair() -> (TrainModel, TrainModel, Vec<Vec<u32>>) {
+    let opts = ModelOptions {
+        dtype: DType::F64,
+        ..Default::default()
+    };
+    let r = reference(&fixture("tiny-qwen2"));
+    let seqs = vec![r.ids[..9].to_vec(), r.ids[4..10].to_vec()];
+    (load("tiny-qwen2", &opts), load("tiny-llama", &opts), seqs)
+}
+
 /// The row form the losses use (logits of learnt positions only) gives the full form's values
 /// and gradients, in f64: the distillation loss of `target_logits` against the masked one of
 /// `logits`, for every weight of the student; and per-target values scatter back to their
 /// positions.
 #[test]
 fn row_form_losses_equal_the_masked_full_forms() {
-    let opts = ModelOptions {
-        dtype: DType::F64,
-        ..Default::default()
-    };
-    let student = load("tiny-qwen2", &opts);
-    let teacher = load("tiny-llama", &opts);
-    let r = reference(&fixture("tiny-qwen2"));
-    let seqs = vec![r.ids[..9].to_vec(), r.ids[4..10].to_vec()];
+    let (student, teacher, seqs) = f64_pair();
     let learn = vec![
         vec![false, false, true, true, false, false, true, true, true],
         vec![false, true, true, true, false, true],
@@ -313,14 +318,7 @@ fn value_head_round_trips_and_trains() {
 /// differences (f64 model, so the differences are accurate to ~1e-9).
 #[test]
 fn gradients_match_finite_differences() {
-    let opts = ModelOptions {
-        dtype: DType::F64,
-        ..Default::default()
-    };
-    let student = load("tiny-qwen2", &opts);
-    let teacher = load("tiny-llama", &opts);
-    let r = reference(&fixture("tiny-qwen2"));
-    let seqs = vec![r.ids[..9].to_vec(), r.ids[4..10].to_vec()];
+    let (student, teacher, seqs) = f64_pair();
     let learn = vec![
         vec![false, false, true, true, false, false, true, true, true],
         vec![false, true, true, true, true, true],
