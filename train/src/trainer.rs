@@ -1,6 +1,10 @@
 //! The supervised loop shared by SFT and cold-start KD: seeded data order, gradient
 //! accumulation, clipping, AdamW with a schedule, metrics and checkpoints with resume.
 //!
+//! KD reads the frozen teacher's logits from [`crate::teacher_cache`] (each example scored
+//! once, alone) when they fit its budget, and every loss is computed on the logits of learnt
+//! positions only ([`TrainModel::target_logits`]).
+//!
 //! Determinism: the data order of epoch `e` is a shuffle seeded by `seed + e`, and the examples
 //! of update `s` are fixed slots of that order, so a resumed run needs only the step counter
 //! (plus weights and optimiser state) to continue exactly where the uninterrupted run would be.
