@@ -508,9 +508,7 @@ fn micro_pass(
     items: &[&Prepared],
     nm: f64,
 ) -> Result<MicroOut> {
-    let seqs: Vec<Vec<u32>> = items.iter().map(|p| p.ids.clone()).collect();
-    let learn: Vec<Vec<bool>> = items.iter().map(|p| p.learn.clone()).collect();
-    let batch = Batch::new(&seqs, Some(&learn), cfg.pad_id, student.device())?;
+    let batch = items_batch(items, cfg, student)?;
     let dev = student.device();
     if batch.target_rows.is_empty() {
         // No generated token (every rollout ran out of context at once): no loss, no gradient.
@@ -592,6 +590,13 @@ fn micro_pass(
     })
 }
 
+/// The right-padded batch of prepared rollouts, on the student's device.
+fn items_batch(items: &[&Prepared], cfg: &RlConfig, student: &TrainModel) -> Result<Batch> {
+    let seqs: Vec<Vec<u32>> = items.iter().map(|p| p.ids.clone()).collect();
+    let learn: Vec<Vec<bool>> = items.iter().map(|p| p.learn.clone()).collect();
+    Batch::new(&seqs, Some(&learn), cfg.pad_id, student.device())
+}
+
 /// What scoring one micro-batch gives, per rollout: the student's log-probs (the PPO ratio's
 /// denominator), the reference's log-probs and full KL when there is a reference, the critic's
 /// values when there is a critic.
@@ -611,9 +616,7 @@ fn score_micro(
     cfg: &RlConfig,
     items: &[&Prepared],
 ) -> Result<Scored> {
-    let seqs: Vec<Vec<u32>> = items.iter().map(|p| p.ids.clone()).collect();
-    let learn: Vec<Vec<bool>> = items.iter().map(|p| p.learn.clone()).collect();
-    let batch = Batch::new(&seqs, Some(&learn), cfg.pad_id, student.device())?;
+    let batch = items_batch(items, cfg, student)?;
     let lens: Vec<usize> = batch.lens.iter().map(|n| n - 1).collect();
     // Generated positions only (the rest is read under the mask alone, as 0).
     let targets = batch.target_ids_tensor(student.device())?;
@@ -794,12 +797,16 @@ impl Run<'_> {
                 scored.push(o?);
             }
         }
+        // Moved, not copied, into the rollouts they score.
         for (&start, sc) in starts.iter().zip(scored) {
-            for (k, p) in out[start..].iter_mut().take(sc.old.len()).enumerate() {
-                p.old_logp = sc.old[k].clone();
-                p.ref_logp = sc.refs.as_ref().map(|r| r[k].clone());
-                p.full_kl = sc.fkl.as_ref().map(|r| r[k].clone());
-                p.values = sc.vals.as_ref().map(|r| r[k].clone());
+            let mut refs = sc.refs.map(Vec::into_iter);
+            let mut fkl = sc.fkl.map(Vec::into_iter);
+            let mut vals = sc.vals.map(Vec::into_iter);
+            for (p, old) in out[start..].iter_mut().zip(sc.old) {
+                p.old_logp = old;
+                p.ref_logp = refs.as_mut().and_then(Iterator::next);
+                p.full_kl = fkl.as_mut().and_then(Iterator::next);
+                p.values = vals.as_mut().and_then(Iterator::next);
             }
         }
         Ok(out)
