@@ -15,7 +15,7 @@ use dgpo_core::sampling::SamplingParams;
 use train::data::{QaRow, read_questions};
 use train::model::{Batch, ModelOptions, TrainModel, config_json};
 use train::rl::algo::{
-    failed, gae, grpo_advantages, policy_loss, token_rewards, value_loss, whiten,
+    entropy_rows, failed, gae, grpo_advantages, policy_loss, token_rewards, value_loss, whiten,
 };
 use train::rl::rollout::{live_policy, run_rollouts};
 use train::rl::{Algo, RlConfig, kl_applies, read_metrics, train_rl};
@@ -101,6 +101,21 @@ fn grpo_normalises_within_groups() {
 
 fn t1(v: &[f64]) -> Tensor {
     Tensor::new(v, &Device::Cpu).unwrap().unsqueeze(0).unwrap()
+}
+
+/// The entropy bonus in row form: `−Σ p log p` of each row, by hand, in f64.
+#[test]
+fn entropy_rows_by_hand() {
+    let rows = [[0.0f64, 0.0, 0.0, 0.0], [2.0, 0.0, -1.0, 0.5]];
+    let t = Tensor::new(&rows, &Device::Cpu).unwrap();
+    let got = entropy_rows(&t).unwrap().to_vec1::<f64>().unwrap();
+    for (r, g) in rows.iter().zip(&got) {
+        let z: f64 = r.iter().map(|x| x.exp()).sum();
+        let h: f64 = -r.iter().map(|x| (x.exp() / z) * (x - z.ln())).sum::<f64>();
+        assert!((g - h).abs() < 1e-12, "{g} vs {h}");
+    }
+    // A uniform row over 4 tokens has entropy ln 4.
+    assert!((got[0] - 4f64.ln()).abs() < 1e-12);
 }
 
 #[test]

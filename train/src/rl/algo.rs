@@ -240,13 +240,8 @@ pub fn entropy(logits: &Tensor, n: usize) -> Result<Tensor> {
 
 /// [`entropy`] in row form: per row of (n, vocab) logits of learnt positions, (n,).
 pub fn entropy_rows(logits: &Tensor) -> Result<Tensor> {
-    let wide = wide(logits)?;
-    if dgpo_core::model::fused::supported(&wide) {
-        // Each row is a batch of one position.
-        return Ok(dgpo_core::model::fused::entropy(&wide.unsqueeze(1)?, 1)?.squeeze(1)?);
-    }
-    let lp = candle_nn::ops::log_softmax(&wide, D::Minus1)?;
-    Ok((lp.exp()? * &lp)?.sum(D::Minus1)?.neg()?)
+    // Each row is a sequence of one position.
+    Ok(entropy(&logits.unsqueeze(1)?, 1)?.squeeze(1)?)
 }
 
 /// The `low_var_kl` (k3) estimate of KL(π ‖ π_ref) per position, clamped to [−10, 10], as
