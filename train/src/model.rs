@@ -450,6 +450,12 @@ impl TrainModel {
         &self.decoder
     }
 
+    /// Query rows per block of the training pass's causal attention (0: unblocked); see
+    /// [`Decoder::set_attention_block`]. Tests compare the two forms.
+    pub fn set_attention_block(&mut self, rows: usize) {
+        self.decoder.set_attention_block(rows);
+    }
+
     /// Vocabulary size of the output layer.
     pub fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
