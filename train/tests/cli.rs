@@ -189,6 +189,7 @@ fn small_presets(teacher_sft_steps: usize) -> train::presets::PresetConfig {
             pretrain_seq_len: 64,
             sft: None,
             sft_name_swaps: 0,
+            sft_average: 0,
             seed: 1,
         },
         teacher: PresetSpec {
@@ -204,6 +205,7 @@ fn small_presets(teacher_sft_steps: usize) -> train::presets::PresetConfig {
             sft: Some(stage(teacher_sft_steps, 1e-2, 4)),
             // The test's teacher must memorise its few trajectories.
             sft_name_swaps: 0,
+            sft_average: 0,
             seed: 2,
         },
     }

@@ -660,6 +660,7 @@ fn presets_build_once_and_resolve() {
         pretrain_seq_len: 64,
         sft,
         sft_name_swaps,
+        sft_average: 0,
         seed: 1,
     };
     let mut cfg = PresetConfig {
@@ -693,6 +694,53 @@ fn presets_build_once_and_resolve() {
     let sft = roots.join("presets/synth/.work/tiny-teacher/sft/metrics.jsonl");
     assert_eq!(train::checkpoint::MetricsLog::read(&sft).unwrap().len(), 3);
     assert!(t.join("preset.json").exists());
+    // Averaged: the preset is the mean of the weights after updates 2 and 4.
+    cfg.teacher.sft = Some(Stage {
+        save_every: 2,
+        ..stage(4)
+    });
+    cfg.teacher.sft_average = 2;
+    let t = build_preset("tiny-teacher", &p.dir, &roots, &cfg).unwrap();
+    let work = roots.join("presets/synth/.work/tiny-teacher/sft");
+    let weights = |d: &std::path::Path| {
+        let m = train::model::TrainModel::load(d, &Default::default()).unwrap();
+        m.named_vars()
+            .into_iter()
+            .map(|(n, v)| {
+                let w = v
+                    .as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                (n, w)
+            })
+            .collect::<Vec<_>>()
+    };
+    let (kept, w2, w4) = (
+        weights(&t),
+        weights(&work.join("snapshots/step-00000002")),
+        weights(&work.join("snapshots/step-00000004")),
+    );
+    assert_ne!(w2, w4);
+    for ((name, k), ((_, a), (_, b))) in kept.iter().zip(w2.iter().zip(&w4)) {
+        for ((k, a), b) in k.iter().zip(a).zip(b) {
+            let mean = (*a as f64 + *b as f64) / 2.0;
+            assert!(
+                (*k as f64 - mean).abs() < 1e-6,
+                "{name}: {k} is not the mean of {a} and {b}"
+            );
+        }
+    }
+    // An average the stage cannot give is refused by name.
+    cfg.teacher.sft_average = 3;
+    let e = build_preset("tiny-teacher", &p.dir, &roots, &cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("last 3 checkpoints of 4 updates saved every 2"),
+        "{e}"
+    );
     // Other settings: rebuilt.
     cfg.tiny.pretrain.steps = 4;
     build_preset("tiny", &p.dir, &roots, &cfg).unwrap();
