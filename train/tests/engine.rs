@@ -242,14 +242,7 @@ fn row_form_losses_equal_the_masked_full_forms() {
         for (name, var) in student.named_vars() {
             let a = gf.get(var.as_tensor()).unwrap();
             let b = gr.get(var.as_tensor()).unwrap();
-            let d = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
+            let d = max_abs_diff(a, b);
             assert!(d < 1e-12, "alpha {alpha}, {name}: gradients differ by {d}");
         }
     }
