@@ -10,8 +10,10 @@ the machine that ran the Rust bench, with the same thread count, and compare tok
     RAYON_NUM_THREADS=2 cargo bench -p train --bench train_throughput   # runs this script too
     python3 scripts/bench_train_torch.py --threads 2                   # the 0.5B step alone
 
-Other shapes through the flags (the bench passes the tiny presets' shapes). Needs `torch` and
-`transformers` (pip); the bench skips the peer when they cannot be imported.
+Other shapes through the flags (the bench passes the tiny presets' shapes). `--device cuda
+--dtype bf16` times the step on a GPU in bf16 autocast (f32 weights and AdamW state, as our bf16
+run keeps f32 master weights and moments), synchronising before each clock read. Needs `torch`
+and `transformers` (pip); the bench skips the peer when they cannot be imported.
 """
 
 import argparse
@@ -32,6 +34,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=24)
     ap.add_argument("--heads", type=int, default=14)
     ap.add_argument("--kv-heads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16", "f16"])
     args = ap.parse_args()
 
     import torch
@@ -53,21 +57,31 @@ def main() -> None:
         tie_word_embeddings=True,
         torch_dtype="float32",
     )
-    model = Qwen2ForCausalLM(cfg).float()
+    device = torch.device(args.device)
+    model = Qwen2ForCausalLM(cfg).float().to(device)
     model.train()
+    half = {"bf16": torch.bfloat16, "f16": torch.float16}.get(args.dtype)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     n = sum(p.numel() for p in model.parameters())
-    print(f"{n / 1e6:.2f}M parameters, {torch.get_num_threads()} threads")
+    print(f"{n / 1e6:.2f}M parameters, {torch.get_num_threads()} threads, {device} {args.dtype}")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq))
+    ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq)).to(device)
 
     def step(update: bool) -> float:
+        sync()
         t = time.perf_counter()
-        out = model(input_ids=ids, labels=ids)
+        with torch.autocast(device.type, dtype=half, enabled=half is not None):
+            out = model(input_ids=ids, labels=ids)
         out.loss.backward()
         if update:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
         return time.perf_counter() - t
 
     step(True)

@@ -377,3 +377,177 @@ fn long_prefill_gemm_path_matches_token_by_token_decoding() {
         }
     }
 }
+
+/// `LoadOptions::placement` is honoured: the same folder loaded in bf16 runs in bf16 (its logits
+/// move off transformers' f32 ones by bf16 rounding, not by 0) and stays close to them.
+#[test]
+fn qwen2_placed_in_bf16_runs_in_bf16_near_the_f32_reference() {
+    use dgpo::model::Placement;
+    let dir = fixture("tiny-qwen2");
+    let r = reference(&dir);
+    let placement = Placement::parse("cpu", "bf16").unwrap();
+    let model = CandleModel::from_hf_folder(&dir, &LoadOptions::on(&placement)).unwrap();
+    assert_eq!(model.decoder().dtype(), candle_core::DType::BF16);
+    let logits = model.new_session().unwrap().feed_all(&r.input_ids).unwrap();
+    let diff = max_abs_diff(&logits, &r.logits);
+    // f32 agrees to 1e-4 (above); bf16 keeps 8 bits of mantissa.
+    assert!(
+        diff > 1e-3 && diff < 0.1,
+        "bf16 max |logit diff| {diff} vs transformers' f32"
+    );
+}
+
+/// Every tensor of an HF folder, as f32 values by name.
+fn folder_tensors(dir: &std::path::Path) -> HashMap<String, Vec<f32>> {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    dgpo::candle_core::safetensors::load_buffer(&bytes, &dgpo::candle_core::Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| {
+            let v = t
+                .to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            (n, v)
+        })
+        .collect()
+}
+
+/// GGUF → HF folder is the inverse of export: an f32 file imports back to the fixture's
+/// tensors bit for bit (Llama's Q/K permutation undone), and the folder computes transformers'
+/// logits with the same tokenizer, end-of-generation ids and chat template as the fixture.
+fn check_import_inverts_export(name: &str) {
+    use dgpo::model::import::import_gguf;
+    let (tmp, gguf) = export(name, Quant::F32);
+    let out = tmp.path().join("imported");
+    import_gguf(&gguf, &out, candle_core::DType::F32).unwrap();
+    let (want, got) = (folder_tensors(&fixture(name)), folder_tensors(&out));
+    let mut names: Vec<_> = want.keys().collect();
+    names.sort();
+    assert_eq!(
+        {
+            let mut g: Vec<_> = got.keys().collect();
+            g.sort();
+            g
+        },
+        names,
+        "{name}: tensor names"
+    );
+    for n in names {
+        assert!(
+            want[n] == got[n],
+            "{name}: tensor {n} differs after the round trip"
+        );
+    }
+    let r = reference(&fixture(name));
+    let (orig, back) = (
+        load_hf(name),
+        CandleModel::from_hf_folder(&out, &LoadOptions::default()).unwrap(),
+    );
+    let logits = back.new_session().unwrap().feed_all(&r.input_ids).unwrap();
+    let diff = max_abs_diff(&logits, &r.logits);
+    assert!(
+        diff < 1e-4,
+        "{name}: imported logits {diff} off transformers'"
+    );
+    let text = "Hello world, the capital of France is Paris.<|im_end|>";
+    assert_eq!(
+        back.tokenizer().encode(text).unwrap(),
+        orig.tokenizer().encode(text).unwrap()
+    );
+    assert_eq!(
+        back.tokenizer().eos_ids(),
+        gguf_candle(&gguf).tokenizer().eos_ids()
+    );
+    assert!(!back.tokenizer().eos_ids().is_empty());
+    assert_eq!(back.tokenizer().bos_id(), orig.tokenizer().bos_id());
+    let chat = [dgpo::chat::Message::new("user", "Who wrote it?")];
+    assert_eq!(
+        back.chat_template().map(|t| t.render(&chat, true).unwrap()),
+        orig.chat_template().map(|t| t.render(&chat, true).unwrap()),
+        "{name}: chat template"
+    );
+    // The folder is complete: nothing temporary is left beside it.
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn qwen2_gguf_import_inverts_export() {
+    check_import_inverts_export("tiny-qwen2");
+}
+
+#[test]
+fn llama_gguf_import_inverts_export() {
+    check_import_inverts_export("tiny-llama");
+}
+
+/// A quantised file imports to its dequantised weights: the folder's f32 logits agree with the
+/// GGUF's own (which quantise activations in the Q8_0 matmul) to that rounding, and greedy
+/// decoding takes the same path.
+#[test]
+fn quantised_gguf_imports_to_its_dequantised_weights() {
+    use dgpo::model::import::import_gguf;
+    let (tmp, gguf) = export("tiny-qwen2", Quant::Q8_0);
+    let out = tmp.path().join("q8");
+    import_gguf(&gguf, &out, candle_core::DType::F32).unwrap();
+    let r = reference(&fixture("tiny-qwen2"));
+    let q = gguf_candle(&gguf);
+    let hf = CandleModel::from_hf_folder(&out, &LoadOptions::default()).unwrap();
+    let (a, b) = (
+        q.new_session().unwrap().feed_all(&r.input_ids).unwrap(),
+        hf.new_session().unwrap().feed_all(&r.input_ids).unwrap(),
+    );
+    let diff = max_abs_diff(&a, &b);
+    assert!(diff < Q8_TIE, "Q8_0 GGUF vs its import: {diff}");
+    // Not the original weights: Q8_0 rounding moved them.
+    assert!(max_abs_diff(&b, &r.logits) > 1e-4);
+    let (want, margins) = greedy_with_margins(q.new_session().unwrap().as_mut(), &r.input_ids, 32);
+    let got = greedy(hf.new_session().unwrap().as_mut(), &r.input_ids, 32);
+    assert_greedy_agrees("Q8_0 GGUF vs its import", &want, &margins, &got, Q8_TIE, 16);
+}
+
+/// Bad input loses nothing: an existing folder is refused untouched, a truncated file is
+/// refused by name, and neither leaves a folder or a temporary behind.
+#[test]
+fn import_refuses_existing_folders_and_truncated_files() {
+    use dgpo::model::import::import_gguf;
+    let (tmp, gguf) = export("tiny-qwen2", Quant::Q8_0);
+    let existing = tmp.path().join("existing");
+    std::fs::create_dir(&existing).unwrap();
+    std::fs::write(existing.join("keep.txt"), "mine").unwrap();
+    let msg = err_of(import_gguf(&gguf, &existing, candle_core::DType::F32));
+    assert!(
+        msg.contains("existing") && msg.contains("already exists"),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(existing.join("keep.txt")).unwrap(),
+        "mine"
+    );
+
+    let bytes = std::fs::read(&gguf).unwrap();
+    let bad = tmp.path().join("cut.gguf");
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+    let out = tmp.path().join("from-cut");
+    let msg = err_of(import_gguf(&bad, &out, candle_core::DType::F32));
+    assert!(
+        msg.contains("cut.gguf") && msg.contains("truncated"),
+        "{msg}"
+    );
+    assert!(!out.exists());
+    let msg = err_of(import_gguf(&gguf, &out, candle_core::DType::U8));
+    assert!(msg.contains("f32, bf16 or f16"), "{msg}");
+    let names: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+}

@@ -94,6 +94,7 @@ pub fn run(args: AskArgs) -> Result<()> {
         backend: args.backend.parse::<BackendKind>()?,
         threads: args.threads,
         max_context: None,
+        ..Default::default()
     };
     let model = dgpo_core::model::load(&args.model, &opts)?;
     let retriever = open_retriever(args.corpus.as_ref(), args.index.as_ref())?;

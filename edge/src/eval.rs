@@ -146,6 +146,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         backend: args.backend.parse::<BackendKind>()?,
         threads: args.threads,
         max_context: None,
+        ..Default::default()
     };
     let loaded: Vec<Arc<dyn LanguageModel>> = args
         .models

@@ -278,6 +278,7 @@ fn open_agent(json: &str) -> Result<DgpoAgent, Failure> {
         backend,
         threads: cfg.threads,
         max_context: cfg.max_context,
+        ..Default::default()
     };
     let model = dgpo_core::model::load(&cfg.model, &opts)?;
     let retriever = retrieve::open(&spec)?;

@@ -11,9 +11,16 @@
 //! length and thread count) in PyTorch + transformers on CPU, in the same run, when `python3`
 //! can import torch (`pip install torch transformers`); the bench prints the ratio. Without
 //! torch it says so and prints our numbers alone.
+//!
+//! On a GPU (a build with `--features cuda`): `BENCH_DEVICE=cuda BENCH_DTYPE=bf16` places the
+//! models there (`dgpo_core::model::Placement`), synchronises the device before each clock
+//! read, and runs the peer with `--device cuda --dtype bf16` (autocast). The real-shape step of
+//! issue 7 is `BENCH_DEVICE=cuda BENCH_DTYPE=bf16 BENCH_PRESETS=0 BENCH_QWEN_STEPS=5 cargo bench
+//! -p train --features cuda --bench train_throughput`.
 
 use std::time::Instant;
 
+use dgpo_core::model::Placement;
 use dgpo_core::model::decoder::{Arch, DecoderConfig, RopeStyle};
 use train::model::{Batch, ModelOptions, TrainModel, config_json};
 use train::optim::{AdamWConfig, Decay, Schedule};
@@ -42,7 +49,14 @@ fn examples(n: usize, len: usize, vocab: u32) -> Vec<Example> {
 }
 
 /// The same update timed in PyTorch (median seconds), or why not.
+/// Where the bench runs: `$BENCH_DEVICE` (cpu, cuda, cuda:N) and `$BENCH_DTYPE` (f32, bf16, f16).
+fn placement_names() -> (String, String) {
+    let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+    (var("BENCH_DEVICE", "cpu"), var("BENCH_DTYPE", "f32"))
+}
+
 fn torch_peer(dc: &DecoderConfig, batch: usize, seq: usize, steps: usize) -> Result<f64, String> {
+    let (device, dtype) = placement_names();
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../scripts/bench_train_torch.py"
@@ -62,6 +76,7 @@ fn torch_peer(dc: &DecoderConfig, batch: usize, seq: usize, steps: usize) -> Res
         .args(["--layers", &dc.num_layers.to_string()])
         .args(["--heads", &dc.num_heads.to_string()])
         .args(["--kv-heads", &dc.num_kv_heads.to_string()])
+        .args(["--device", &device, "--dtype", &dtype])
         .output()
         .map_err(|e| format!("python3: {e}"))?;
     if !out.status.success() {
@@ -83,13 +98,17 @@ fn bench(name: &str, dc: DecoderConfig, batch: usize, seq: usize, steps: usize, 
     // The model and its optimiser state are dropped before the PyTorch peer starts: the 0.5B
     // step needs ~13 GB on each side, more than a small machine holds twice.
     let (sf, sb) = {
+        let (device, dtype) = placement_names();
+        let placement = Placement::parse(&device, &dtype).expect("BENCH_DEVICE / BENCH_DTYPE");
         let m = TrainModel::new_random(
             dc.clone(),
             config_json(&dc, None, None),
             b"{}".to_vec(),
-            &ModelOptions::default(),
+            &ModelOptions::on(&placement),
         )
         .expect("model");
+        // GPU kernels run asynchronously: wait for them before reading the clock.
+        let sync = || m.device().synchronize().expect("synchronize");
         let params: usize = m
             .named_vars()
             .iter()
@@ -120,18 +139,22 @@ fn bench(name: &str, dc: DecoderConfig, batch: usize, seq: usize, steps: usize, 
         }
         let mut full = Vec::new();
         for _ in 0..steps {
+            sync();
             let t = Instant::now();
             tr.train_step().expect("step");
+            sync();
             full.push(t.elapsed().as_secs_f64());
         }
         let seqs: Vec<Vec<u32>> = data[..batch].iter().map(|e| e.ids.clone()).collect();
         let b = Batch::new(&seqs, None, 0, m.device()).expect("batch");
         let mut fb = Vec::new();
         for _ in 0..steps {
+            sync();
             let t = Instant::now();
             let logits = m.logits(&b).expect("forward");
             let l = train::loss::cross_entropy(&logits, &b.ids, &b.target_mask).expect("loss");
             let _g = l.backward().expect("backward");
+            sync();
             fb.push(t.elapsed().as_secs_f64());
         }
         let med = |v: &mut Vec<f64>| {
@@ -164,8 +187,9 @@ fn bench(name: &str, dc: DecoderConfig, batch: usize, seq: usize, steps: usize, 
 fn main() {
     train::keep_freed_memory();
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
+    let (device, dtype) = placement_names();
     println!(
-        "training throughput, f32 on CPU ({threads} threads, {} cores available)",
+        "training throughput, {dtype} on {device} ({threads} CPU threads, {} cores available)",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     let p = PresetConfig::default();

@@ -46,7 +46,8 @@ pub struct DemoConfig {
     pub exp_dir: PathBuf,
     /// Seeds: the KD and RL stages run once per seed.
     pub seeds: Vec<u64>,
-    /// The KD stage (its `train.seed` is replaced by each seed).
+    /// The KD stage (its `train.seed` is replaced by each seed). The RL stages train where KD
+    /// did, on `kd.placement`.
     pub kd: KdConfig,
     /// The RL stages (`algo` and `seed` are set per run).
     pub rl: RlConfig,
@@ -368,9 +369,10 @@ pub fn run_demo(
                 } else {
                     &cfg.student
                 };
-                let student = TrainModel::load(init, &ModelOptions::default())?;
+                let on = ModelOptions::on(&cfg.kd.placement);
+                let student = TrainModel::load(init, &on)?;
                 let teacher = if algo == Algo::Dgpo {
-                    Some(TrainModel::load(&cfg.teacher, &ModelOptions::default())?)
+                    Some(TrainModel::load(&cfg.teacher, &on)?)
                 } else {
                     None
                 };
@@ -562,6 +564,7 @@ mod tests {
                 concurrency: 1,
                 resume: true,
                 name_swaps: None,
+                placement: Default::default(),
             },
             rl: RlConfig::default(),
             algos: vec![Algo::Dgpo],

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use dgpo_core::agent::AgentConfig;
 use dgpo_core::corpus::Passage;
 use dgpo_core::eval::{EvalConfig, EvalReport, ModelReport, NamedModel, evaluate, markdown_table};
-use dgpo_core::model::LanguageModel;
+use dgpo_core::model::{LanguageModel, LoadOptions, Placement};
 use dgpo_core::retrieve::{MemoryRetriever, Retriever};
 use dgpo_core::{Error, Result};
 
@@ -25,6 +25,8 @@ pub struct EvalOptions {
     /// The agent loop (Search-R1 defaults, greedy; a model's chat template is used when it has
     /// one).
     pub agent: AgentConfig,
+    /// Device and float type of HF-folder models (GGUF files run on the CPU).
+    pub placement: Placement,
 }
 
 impl Default for EvalOptions {
@@ -34,6 +36,7 @@ impl Default for EvalOptions {
             evidence: true,
             concurrency: crate::phases::default_concurrency(),
             agent: AgentConfig::default(),
+            placement: Placement::default(),
         }
     }
 }
@@ -101,7 +104,7 @@ pub fn evaluate_with(
     }
     let loaded: Vec<std::sync::Arc<dyn LanguageModel>> = models
         .iter()
-        .map(|(_, p)| dgpo_core::model::load(p, &Default::default()))
+        .map(|(_, p)| dgpo_core::model::load(p, &LoadOptions::on(&opts.placement)))
         .collect::<Result<_>>()?;
     let named: Vec<NamedModel<'_>> = models
         .iter()

@@ -2,8 +2,9 @@
 //!
 //! Usage: `train <data> <student> <teacher> <exp> [--phase sft|kd] [--kd-source tgo|sgo]`
 //! (the RL phase is in `train::rl`), `train preset <name> <data>`,
-//! `train eval <data> <model>...` and
-//! `train export <checkpoint> --out model.gguf [--quant f16|q8_0|q4_k_m]`.
+//! `train eval <data> <model>...`,
+//! `train export <checkpoint> --out model.gguf [--quant f16|q8_0|q4_k_m]` and
+//! `train import <model.gguf> --out <folder>` (a GGUF file as a trainable HF folder).
 //!
 //! `<data>` is a folder (or a train file) of Search-R1 rows, or a name under `$DATA_ROOT`
 //! (`synth` is built on first use). Models are HF folders, GGUF files (teacher only, for
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use dgpo_core::model::Placement;
 use dgpo_core::model::export::{Quant, export_gguf};
 use train::evaluate::{EvalOptions, em_table, evaluate_models, write_report};
 use train::phases::{DataSet, KdConfig, KdSource};
@@ -169,6 +171,15 @@ struct Cli {
     /// a tiny preset (e.g. `--phase rl` from `seed-0/kd/final`).
     #[arg(long, value_parser = ["tiny", "paper"])]
     defaults: Option<String>,
+    /// Where the student, its critic and reference, and the teacher train and generate: `cpu`,
+    /// `cuda` or `cuda:N` (a build with `--features cuda`). Evaluation runs there too.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Float type of the models: `f32`, `bf16` (real models on a GPU: half the weights' and
+    /// activations' memory), `f16`.
+    /// The optimiser keeps f32 master weights and moments for bf16/f16 parameters.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
 }
 
 impl Cli {
@@ -212,6 +223,24 @@ enum Cmd {
         /// Questions evaluated in parallel (default: one per core).
         #[arg(long)]
         concurrency: Option<usize>,
+        /// Device of HF-folder models: `cpu`, `cuda`, `cuda:N` (GGUF files run on the CPU).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Float type of HF-folder models: `f32`, `bf16`, `f16`.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
+    /// Import a GGUF file as a trainable HF folder (dequantised weights, config, tokenizer,
+    /// chat template): the inverse of `export`.
+    Import {
+        /// The GGUF file (qwen2 or llama architecture, byte-level BPE tokenizer).
+        gguf: PathBuf,
+        /// The HF folder to create (it must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// Float type of the stored weights: f32, bf16, f16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
     },
     /// Export a checkpoint (or any HF folder) to a GGUF file.
     Export {
@@ -254,6 +283,13 @@ fn main() -> Result<()> {
             tracing::info!(out = %out.display(), ?q, "exported");
             Ok(())
         }
+        Some(Cmd::Import { gguf, out, dtype }) => {
+            let dtype = Placement::parse("cpu", dtype)?.dtype;
+            dgpo_core::model::import::import_gguf(gguf, out, dtype)
+                .with_context(|| format!("importing {} to {}", gguf.display(), out.display()))?;
+            tracing::info!(out = %out.display(), "imported");
+            Ok(())
+        }
         Some(Cmd::Preset { name, data }) => {
             if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
                 // As in `run` for the tiny presets: one kernel thread, the cores share each
@@ -285,6 +321,8 @@ fn main() -> Result<()> {
             no_evidence,
             out,
             concurrency,
+            device,
+            dtype,
         }) => {
             let ds = DataSet::resolve(data, &root("DATA_ROOT", "data"))?;
             let exp_root = root("EXP_ROOT", "exp");
@@ -299,6 +337,7 @@ fn main() -> Result<()> {
                 limit: *limit,
                 evidence: !no_evidence,
                 concurrency: concurrency.unwrap_or_else(train::phases::default_concurrency),
+                placement: Placement::parse(device, dtype)?,
                 ..Default::default()
             };
             let report = evaluate_models(&named, &ds.dir, split, &opts)?;
@@ -391,6 +430,8 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
     } else {
         exp_root.join(exp)
     };
+    // Refused (an unknown name, a build without CUDA) before anything is read or trained.
+    let placement = Placement::parse(&cli.device, &cli.dtype)?;
     let mut cfg = train_config(cli)?;
     if cli.tiny_defaults(student) && cli.train_threads.is_none() {
         // Single-threaded kernels (above): the cores share each micro-batch instead.
@@ -411,7 +452,8 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
                 .iter()
                 .map(train::trainer::Example::from_rollout)
                 .collect::<dgpo_core::Result<Vec<_>>>()?;
-            let (fin, _) = train::phases::run_sft(&student_dir, &ex, &exp_dir, &cfg, cli.resume)?;
+            let (fin, _) =
+                train::phases::run_sft(&student_dir, &ex, &exp_dir, &cfg, cli.resume, &placement)?;
             tracing::info!(dir = %fin.display(), "final model saved");
             Ok(())
         }
@@ -445,6 +487,7 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
                 concurrency,
                 resume: cli.resume,
                 name_swaps: kd_name_swaps(cli, &ds.dir, &student_dir, source)?,
+                placement: placement.clone(),
             };
             let t0 = std::time::Instant::now();
             let out = train::phases::run_kd(
@@ -480,6 +523,7 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
                         max_turn_tokens: cli.max_turn_tokens,
                         ..Default::default()
                     },
+                    placement,
                 };
                 let report = evaluate_models(&models, &ds.dir, "test", &opts)?;
                 let table = em_table(&report);
@@ -524,8 +568,9 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
             };
             if cli.phase == "rl" {
                 let algo = *algos.first().context("--algos names no algorithm")?;
-                let s = train::TrainModel::load(&student_dir, &Default::default())?;
-                let t = train::TrainModel::load(&teacher_path, &Default::default())?;
+                let on = train::ModelOptions::on(&placement);
+                let s = train::TrainModel::load(&student_dir, &on)?;
+                let t = train::TrainModel::load(&teacher_path, &on)?;
                 // Groups are GRPO's baseline; PPO and DGPO have a critic and sample each
                 // question once (as in the demo) unless --group-size says otherwise.
                 let group_size = match (algo, cli.group_size) {
@@ -579,6 +624,7 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
                     concurrency,
                     resume: true,
                     name_swaps,
+                    placement: placement.clone(),
                 },
                 rl,
                 algos,
@@ -587,6 +633,7 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
                     evidence: !cli.no_eval,
                     concurrency,
                     agent,
+                    placement,
                 },
                 rl_holdout: cli.rl_holdout,
                 rl_fresh_people: cli.rl_fresh_people,

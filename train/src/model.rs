@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use dgpo_core::model::decoder::{Arch, DecoderConfig};
-use dgpo_core::model::{Decoder, Ops, hf};
+use dgpo_core::model::decoder::DecoderConfig;
+pub use dgpo_core::model::hf::config_json;
+use dgpo_core::model::hf::dtype_name;
+use dgpo_core::model::{Decoder, Ops, Placement, hf};
 use dgpo_core::{Error, Result};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -46,6 +48,17 @@ pub struct ModelOptions {
     pub value_head: bool,
     /// Seed for any freshly initialised weights.
     pub seed: u64,
+}
+
+impl ModelOptions {
+    /// Options for a model on `placement` (no value head, seed 0).
+    pub fn on(placement: &Placement) -> ModelOptions {
+        ModelOptions {
+            dtype: placement.dtype,
+            device: placement.device.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 impl Default for ModelOptions {
@@ -256,54 +269,6 @@ fn normal(rng: &mut StdRng, n: usize, std: f64) -> Vec<f32> {
 
 fn candle_err(path: &Path, what: &str, e: candle_core::Error) -> Error {
     Error::format(path, format!("{what}: {e}"))
-}
-
-/// An HF `config.json` for a decoder created from scratch (transformers reads these keys).
-pub fn config_json(cfg: &DecoderConfig, bos: Option<u32>, eos: Option<u32>) -> serde_json::Value {
-    let arch = match cfg.arch {
-        Arch::Qwen2 => "Qwen2ForCausalLM",
-        Arch::Llama => "LlamaForCausalLM",
-    };
-    let mut v = serde_json::json!({
-        "architectures": [arch],
-        "model_type": cfg.arch.name(),
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": cfg.num_heads,
-        "num_key_value_heads": cfg.num_kv_heads,
-        "head_dim": cfg.head_dim,
-        "max_position_embeddings": cfg.max_position,
-        "rope_theta": cfg.rope_theta,
-        "rms_norm_eps": cfg.rms_norm_eps,
-        "tie_word_embeddings": cfg.tie_embeddings,
-        "attention_bias": cfg.attention_bias,
-        "hidden_act": "silu",
-        "torch_dtype": "float32",
-        "use_cache": true,
-    });
-    if cfg.arch == Arch::Qwen2 {
-        v["use_sliding_window"] = false.into();
-        v["sliding_window"] = serde_json::Value::Null;
-        v["max_window_layers"] = cfg.num_layers.into();
-    }
-    if let Some(b) = bos {
-        v["bos_token_id"] = b.into();
-    }
-    if let Some(e) = eos {
-        v["eos_token_id"] = e.into();
-    }
-    v
-}
-
-fn dtype_name(d: DType) -> &'static str {
-    match d {
-        DType::BF16 => "bfloat16",
-        DType::F16 => "float16",
-        DType::F64 => "float64",
-        _ => "float32",
-    }
 }
 
 impl TrainModel {

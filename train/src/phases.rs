@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dgpo_core::agent::{Agent, AgentConfig, Rollout};
-use dgpo_core::model::LanguageModel;
+use dgpo_core::model::{LanguageModel, LoadOptions, Placement};
 use dgpo_core::retrieve::Retriever;
 use dgpo_core::sampling::SamplingParams;
 use dgpo_core::{Error, Result};
@@ -335,6 +335,9 @@ pub struct KdConfig {
     /// memorises the training people's facts instead of reading them from the retrieved
     /// passages. `None`: the trajectories as generated.
     pub name_swaps: Option<SwapCopies>,
+    /// Device and float type of the student, the teacher and the teacher's generations (the
+    /// CPU in f32 by default; a GPU in bf16 for real models).
+    pub placement: Placement,
 }
 
 /// The examples a TGO run distils on: the teacher's kept `rollouts`, or `swaps.copies`
@@ -390,18 +393,20 @@ fn train_until(
     tr.run(until)
 }
 
-/// Supervised fine-tuning (cross-entropy) of `student` on `examples`, saved to `<exp>/final`.
+/// Supervised fine-tuning (cross-entropy) of `student` on `examples`, on `placement`, saved to
+/// `<exp>/final`.
 pub fn run_sft(
     student: &Path,
     examples: &[Example],
     exp: &Path,
     cfg: &TrainConfig,
     resume: bool,
+    placement: &Placement,
 ) -> Result<(PathBuf, Vec<StepMetrics>)> {
     if !resume {
         clear_checkpoints(exp)?;
     }
-    let s = TrainModel::load(student, &ModelOptions::default())?;
+    let s = TrainModel::load(student, &ModelOptions::on(placement))?;
     let ms = train_until(
         &s,
         None,
@@ -436,12 +441,13 @@ pub fn run_kd(
     exp: &Path,
     cfg: &KdConfig,
 ) -> Result<KdOutcome> {
-    let s = TrainModel::load(student, &ModelOptions::default())?;
+    let on = ModelOptions::on(&cfg.placement);
+    let s = TrainModel::load(student, &on)?;
     let gguf_teacher = !teacher.is_dir();
     let t_train = if gguf_teacher {
         None
     } else {
-        let t = TrainModel::load(teacher, &ModelOptions::default())?;
+        let t = TrainModel::load(teacher, &on)?;
         if t.vocab_size() != s.vocab_size() {
             return Err(vocab_mismatch(
                 teacher,
@@ -462,7 +468,7 @@ pub fn run_kd(
     // The generating teacher is only loaded when trajectories must be generated.
     let cached = cfg.resume && exp.join(TGO_FILE).exists();
     let policy = if cfg.source == KdSource::Tgo && !cached {
-        let p = dgpo_core::model::load(teacher, &Default::default())?;
+        let p = dgpo_core::model::load(teacher, &LoadOptions::on(&cfg.placement))?;
         if p.info().vocab_size != s.vocab_size() {
             return Err(vocab_mismatch(
                 teacher,
@@ -598,7 +604,7 @@ pub fn run_kd_models(
             if cfg.resume
                 && let Some((step, dir)) = list_checkpoints(exp)?.pop()
             {
-                let w = TrainModel::load(&dir.join("model"), &ModelOptions::default())?;
+                let w = TrainModel::load(&dir.join("model"), &ModelOptions::on(&cfg.placement))?;
                 s.set_weights(
                     &w.named_vars()
                         .into_iter()
@@ -625,7 +631,7 @@ pub fn run_kd_models(
                     // The current student, as an inference model.
                     let snap = sgo.join("student");
                     s.save(&snap)?;
-                    let policy = dgpo_core::model::load(&snap, &Default::default())?;
+                    let policy = dgpo_core::model::load(&snap, &LoadOptions::on(&cfg.placement))?;
                     let agent = AgentConfig {
                         sampling: SamplingParams {
                             temperature: 1.0,

@@ -47,11 +47,9 @@ fn train_cmd(data: &Path, exp: &Path, resume: bool) -> Command {
     c
 }
 
-#[test]
-fn sigkill_then_resume_equals_uninterrupted_run() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("d");
-    // A small world whose tokenizer fits the fixture's 512-token vocabulary.
+/// A small prepared world (12 people) whose tokenizer fits the fixture's 512-token vocabulary.
+fn sft_data(root: &Path) -> PathBuf {
+    let data = root.join("d");
     let cfg = PrepareConfig {
         world: WorldConfig {
             people: 12,
@@ -68,6 +66,13 @@ fn sigkill_then_resume_equals_uninterrupted_run() {
         },
     };
     prepare(&data, &cfg).unwrap();
+    data
+}
+
+#[test]
+fn sigkill_then_resume_equals_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = sft_data(tmp.path());
 
     let full = tmp.path().join("full");
     let st = train_cmd(&data, &full, false).status().unwrap();
@@ -126,6 +131,91 @@ fn sigkill_then_resume_equals_uninterrupted_run() {
         .status()
         .unwrap();
     assert!(st.success() && out.exists());
+}
+
+/// `--dtype bf16`: the same SFT run in bf16 follows the f32 run's losses up to bf16 rounding
+/// (not exactly: it did run in bf16; measured 0.25% at most over the 12 updates), checkpoints bf16 weights that export reads, and a device
+/// or float type this build cannot give is refused before anything is written.
+#[test]
+fn sft_in_bf16_follows_f32_and_saves_bf16_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = sft_data(tmp.path());
+    let (f32_exp, bf16_exp) = (tmp.path().join("f32"), tmp.path().join("bf16"));
+    assert!(
+        train_cmd(&data, &f32_exp, false)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = train_cmd(&data, &bf16_exp, false)
+        .args(["--dtype", "bf16"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let losses = |p: &Path| -> Vec<f64> {
+        std::fs::read_to_string(p.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (a, b) = (losses(&f32_exp), losses(&bf16_exp));
+    assert_eq!((a.len(), b.len()), (12, 12));
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| ((x - y) / x).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        worst > 1e-5 && worst < 0.01,
+        "largest relative loss difference bf16 vs f32 {worst}: f32 {a:?}, bf16 {b:?}"
+    );
+
+    let fin = bf16_exp.join("final");
+    let bytes = std::fs::read(fin.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert!(
+        st.tensors()
+            .iter()
+            .all(|(_, t)| t.dtype() == safetensors::Dtype::BF16),
+        "the bf16 run saved other weights"
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fin.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["torch_dtype"], "bfloat16");
+    let gguf = tmp.path().join("bf16.gguf");
+    let st = Command::new(env!("CARGO_BIN_EXE_train"))
+        .arg("export")
+        .arg(&fin)
+        .arg("--out")
+        .arg(&gguf)
+        .env("RUST_LOG", "warn")
+        .status()
+        .unwrap();
+    assert!(st.success() && gguf.exists());
+
+    let mut refused = vec![(vec!["--dtype", "fp8"], "\"fp8\"")];
+    if !cfg!(feature = "cuda") {
+        refused.push((vec!["--device", "cuda"], "no CUDA support"));
+    }
+    for (args, why) in refused {
+        let exp = tmp.path().join("refused");
+        let out = train_cmd(&data, &exp, false).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(why),
+            "{args:?}: {err}"
+        );
+        assert!(!exp.exists(), "{args:?} wrote {}", exp.display());
+    }
 }
 
 #[test]

@@ -524,6 +524,7 @@ fn kd_tgo_keeps_correct_teacher_trajectories_and_lowers_kl() {
         concurrency: 2,
         resume: false,
         name_swaps: None,
+        placement: Default::default(),
     };
     let exp = tmp.path().join("exp");
     let out = run_kd_models(

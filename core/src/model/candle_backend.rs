@@ -41,10 +41,10 @@ fn eos_ids_from(v: Option<&serde_json::Value>, out: &mut Vec<u32>) {
 }
 
 impl CandleModel {
-    /// Load an HF folder.
+    /// Load an HF folder on `opts.placement` (the CPU in f32 by default).
     pub fn from_hf_folder(dir: &Path, opts: &LoadOptions) -> Result<Self> {
-        let device = Device::Cpu;
-        let decoder = super::hf::load_decoder(dir, DType::F32, &device, Ops::Fused)?;
+        let p = &opts.placement;
+        let decoder = super::hf::load_decoder(dir, p.dtype, &p.device, Ops::Fused)?;
         Self::with_decoder(dir, decoder, opts)
     }
 

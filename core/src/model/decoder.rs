@@ -420,6 +420,12 @@ impl Decoder {
         &self.device
     }
 
+    /// Float type of the activations (that of the final norm's weight; quantised GGUF weights
+    /// compute in f32).
+    pub fn dtype(&self) -> DType {
+        self.w.norm.dtype()
+    }
+
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         let eps = self.cfg.rms_norm_eps as f32;
         Ok(match self.ops {

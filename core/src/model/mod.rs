@@ -10,10 +10,13 @@ pub mod export;
 pub mod fused;
 pub mod gguf;
 pub mod hf;
+pub mod import;
+pub mod placement;
 pub mod quant_kernels;
 
 pub use candle_backend::CandleModel;
 pub use decoder::{Arch, Decoder, DecoderConfig, KvCache, Ops};
+pub use placement::Placement;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -107,6 +110,18 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
     /// Cap on the context length (saves memory on small devices).
     pub max_context: Option<usize>,
+    /// Device and float type of an HF folder's weights in candle (GGUF files stay on the CPU).
+    pub placement: Placement,
+}
+
+impl LoadOptions {
+    /// The defaults, with HF folders loaded on `placement`.
+    pub fn on(placement: &Placement) -> LoadOptions {
+        LoadOptions {
+            placement: placement.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 /// Whether `path` looks like a GGUF file (by magic, not by name).

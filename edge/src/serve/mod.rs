@@ -198,6 +198,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         backend,
         threads: args.threads,
         max_context: args.max_context,
+        ..Default::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
