@@ -132,6 +132,7 @@ fn bench(name: &str, dc: DecoderConfig, batch: usize, seq: usize, steps: usize, 
             save_every: 0,
             keep_last: 1,
             threads: 1,
+            gradient_checkpointing: false,
         };
         let mut tr = Trainer::new(&m, None, &data, cfg, tmp.path(), 0).expect("trainer");
         if warmup {

@@ -232,6 +232,8 @@ const RL_BOOKKEEPING: &[&str] = &[
     "stop_after",
     "rollout_threads",
     "update_threads",
+    // Memory against compute: the same gradients.
+    "gradient_checkpointing",
 ];
 
 /// Refuse to reuse the finished RL stage in `dir` when its newest checkpoint records other
@@ -557,6 +559,7 @@ mod tests {
                     save_every: 0,
                     keep_last: 0,
                     threads: 1,
+                    gradient_checkpointing: false,
                 },
                 source,
                 agent,

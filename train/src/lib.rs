@@ -43,6 +43,9 @@ pub use model::{Batch, ModelOptions, TrainModel};
 /// allocations are few and large (whole tensors), so the one arena lock is not contended.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn keep_freed_memory() {
+    if std::env::var_os("DGPO_KEEP_FREED_MEMORY").is_some_and(|v| v == "0") {
+        return;
+    }
     // SAFETY: mallopt only changes allocator parameters; glibc serialises it with the arenas'
     // locks, and blocks already allocated keep being freed the way they were allocated.
     unsafe {

@@ -16,10 +16,18 @@ pub fn scalar(x: &Tensor) -> Result<f64> {
 /// Losses are computed in f32 for f32/bf16/f16 models (a bf16 log-softmax over a large
 /// vocabulary loses too much), and in f64 for f64 models (gradient checks).
 pub fn wide(x: &Tensor) -> Result<Tensor> {
-    Ok(match x.dtype() {
-        DType::F64 => x.clone(),
-        _ => x.to_dtype(DType::F32)?,
+    Ok(match wide_dtype(x.dtype()) {
+        d if d == x.dtype() => x.clone(),
+        d => x.to_dtype(d)?,
     })
+}
+
+/// The dtype [`wide`] computes losses in for a model of dtype `d`.
+pub fn wide_dtype(d: DType) -> DType {
+    match d {
+        DType::F64 => DType::F64,
+        _ => DType::F32,
+    }
 }
 
 /// `Σ x·m / max(Σ m, 1)`: a mean over masked positions that is 0, not NaN, for an empty mask.

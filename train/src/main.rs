@@ -57,6 +57,10 @@ struct Cli {
     /// RL PPO mini-batch, in rollouts [paper: 256; tiny: 16].
     #[arg(long)]
     rl_mini_batch: Option<usize>,
+    /// Rollouts per forward pass of the RL scoring and update (memory grows with it; the
+    /// gradient of a mini-batch does not depend on it) [default: 8].
+    #[arg(long)]
+    rl_micro_batch: Option<usize>,
     /// GRPO rollouts per question [paper: 5; tiny: 4].
     #[arg(long)]
     group_size: Option<usize>,
@@ -180,6 +184,11 @@ struct Cli {
     /// The optimiser keeps f32 master weights and moments for bf16/f16 parameters.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Recompute each transformer block's activations in the backward pass (SFT, KD and the
+    /// PPO update) instead of keeping them: the memory of one block's attention scores instead
+    /// of every block's, for one more forward pass [default: true, false for the tiny presets].
+    #[arg(long, value_name = "BOOL")]
+    gradient_checkpointing: Option<bool>,
 }
 
 impl Cli {
@@ -392,6 +401,7 @@ fn train_config(cli: &Cli) -> Result<train::trainer::TrainConfig> {
         save_every: cli.save_every,
         keep_last: cli.keep_last,
         threads: cli.train_threads.unwrap_or(1),
+        gradient_checkpointing: false,
     })
 }
 
@@ -433,6 +443,9 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
     // Refused (an unknown name, a build without CUDA) before anything is read or trained.
     let placement = Placement::parse(&cli.device, &cli.dtype)?;
     let mut cfg = train_config(cli)?;
+    cfg.gradient_checkpointing = cli
+        .gradient_checkpointing
+        .unwrap_or(!cli.tiny_defaults(student));
     if cli.tiny_defaults(student) && cli.train_threads.is_none() {
         // Single-threaded kernels (above): the cores share each micro-batch instead.
         cfg.threads = train::phases::default_concurrency();
@@ -711,10 +724,16 @@ fn rl_config(cli: &Cli, tiny: bool) -> Result<train::rl::RlConfig> {
         c.save_every = 10;
         // Single-threaded kernels (see `run`): the cores share the PPO update's micro-batches.
         c.update_threads = train::phases::default_concurrency();
+        // Trajectories of at most 4 × 128 new tokens: every block's activations fit.
+        c.gradient_checkpointing = false;
     }
+    c.gradient_checkpointing = cli
+        .gradient_checkpointing
+        .unwrap_or(c.gradient_checkpointing);
     c.steps = cli.rl_steps.unwrap_or(c.steps);
     c.questions_per_step = cli.questions_per_step.unwrap_or(c.questions_per_step);
     c.mini_batch = cli.rl_mini_batch.unwrap_or(c.mini_batch);
+    c.micro_batch = cli.rl_micro_batch.unwrap_or(c.micro_batch);
     c.group_size = cli.group_size.unwrap_or(c.group_size);
     c.kl_coef = cli.kl_coef.unwrap_or(c.kl_coef);
     c.teacher_kl_coef = cli.teacher_kl_coef.unwrap_or(c.teacher_kl_coef);

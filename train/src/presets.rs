@@ -409,6 +409,7 @@ fn stage_trainer<'a>(
         keep_last: 1,
         // The presets are tiny: see `TrainConfig::threads`.
         threads: crate::phases::default_concurrency(),
+        gradient_checkpointing: false,
     };
     let mut tr = Trainer::new(model, None, data, cfg, work, 0)?;
     if !list_checkpoints(work)?.is_empty()

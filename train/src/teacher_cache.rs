@@ -103,7 +103,7 @@ impl TeacherCache {
         let rows = if batch.target_rows.is_empty() {
             Tensor::zeros((0, teacher.vocab_size()), teacher.dtype(), teacher.device())?
         } else {
-            teacher.target_logits(&batch)?.detach()
+            teacher.target_logits_no_grad(&batch)?
         };
         // Two threads never score the same example (a micro-batch's slices are disjoint), so
         // a lost race would only drop an identical copy.

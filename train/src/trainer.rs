@@ -84,6 +84,12 @@ pub struct TrainConfig {
     /// with `CANDLE_NUM_THREADS=1`); leave 1 for larger models, whose kernels use the cores.
     #[serde(default = "one")]
     pub threads: usize,
+    /// Recompute each block's activations in the backward pass instead of keeping them
+    /// ([`TrainModel::loss_and_grads`]): for long trajectories of real models, where the
+    /// attention scores of every layer would not fit. The same gradients, one more forward
+    /// pass.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 fn one() -> usize {
@@ -180,7 +186,7 @@ impl TeacherSide<'_> {
     fn target_logits(&self, idx: &[usize], batch: &Batch) -> Result<candle_core::Tensor> {
         match self.cache {
             Some(c) => c.target_logits(self.model, self.data, idx, batch),
-            None => Ok(self.model.target_logits(batch)?.detach()),
+            None => self.model.target_logits_no_grad(batch),
         }
     }
 }
@@ -334,6 +340,7 @@ impl<'a> Trainer<'a> {
                 .map(|(batch, n, part)| (batch, n / total / a as f64, part))
                 .collect();
             let (student, alpha) = (self.student, self.cfg.alpha);
+            let checkpoint = self.cfg.gradient_checkpointing;
             let teacher = self.teacher.map(|model| TeacherSide {
                 model,
                 cache: self.teacher_cache.as_ref(),
@@ -341,15 +348,18 @@ impl<'a> Trainer<'a> {
             });
             let outs: Vec<Result<SliceOut>> = if jobs.len() <= 1 {
                 jobs.iter()
-                    .map(|(batch, w, part)| slice_pass(student, teacher, alpha, batch, part, *w))
+                    .map(|(batch, w, part)| {
+                        slice_pass(student, teacher, alpha, batch, part, *w, checkpoint)
+                    })
                     .collect()
             } else {
                 std::thread::scope(|scope| {
                     let handles: Vec<_> = jobs
                         .iter()
                         .map(|(batch, w, part)| {
-                            scope
-                                .spawn(move || slice_pass(student, teacher, alpha, batch, part, *w))
+                            scope.spawn(move || {
+                                slice_pass(student, teacher, alpha, batch, part, *w, checkpoint)
+                            })
                         })
                         .collect();
                     handles
@@ -474,24 +484,33 @@ fn slice_pass(
     batch: &Batch,
     idx: &[usize],
     weight: f64,
+    checkpoint: bool,
 ) -> Result<SliceOut> {
-    // Logits of the learnt positions only: every other position is masked out of the loss.
-    let logits = student.target_logits(batch)?;
     let targets = batch.target_ids_tensor(student.device())?;
-    let (l, kl, ce) = match teacher {
-        Some(t) => {
-            let tl = t.target_logits(idx, batch)?;
-            let d = loss::distill_loss_rows(&tl, &logits, &targets, alpha)?;
-            (d.loss, d.kl, d.ce)
-        }
-        None => {
-            let ce = loss::cross_entropy_rows(&logits, &targets)?;
-            let v = loss::scalar(&ce)?;
-            (ce, 0.0, v)
-        }
+    // The teacher's side is scored before the student's graph exists.
+    let teacher_logits = match teacher {
+        Some(t) => Some(t.target_logits(idx, batch)?),
+        None => None,
     };
-    let loss = loss::scalar(&l)?;
-    let grads = (l * weight)?.backward()?;
+    let mut parts = (0.0, 0.0, 0.0);
+    let (_, grads) = student.loss_and_grads(batch, checkpoint, |h| {
+        // Logits of the learnt positions only: every other position is masked out of the loss.
+        let logits = student.target_logits_of(batch, h)?;
+        let (l, kl, ce) = match &teacher_logits {
+            Some(tl) => {
+                let d = loss::distill_loss_rows(tl, &logits, &targets, alpha)?;
+                (d.loss, d.kl, d.ce)
+            }
+            None => {
+                let ce = loss::cross_entropy_rows(&logits, &targets)?;
+                let v = loss::scalar(&ce)?;
+                (ce, 0.0, v)
+            }
+        };
+        parts = (loss::scalar(&l)?, kl, ce);
+        Ok((l * weight)?)
+    })?;
+    let (loss, kl, ce) = parts;
     Ok(SliceOut {
         grads,
         loss: loss * weight,

@@ -192,6 +192,87 @@ fn blocked_causal_attention_equals_the_full_score_matrix() {
     }
 }
 
+/// Gradient checkpointing (`TrainModel::loss_and_grads` with `checkpoint`) gives the plain
+/// backward pass's loss and every weight's gradient, in f64: for the Qwen2 student with tied
+/// embeddings (the embedding's gradient comes from the head and the input), the GQA Llama
+/// teacher, with and without blocked attention, and for a critic's value head; and the
+/// no-gradient scoring forward equals the tracked one.
+#[test]
+fn gradient_checkpointing_gives_the_plain_backward_pass() {
+    let (mut student, mut teacher, seqs) = f64_pair();
+    let learn = vec![
+        vec![false, true, true, false, true, true, true, true, true],
+        vec![false, false, true, true, true, true],
+    ];
+    let batch = Batch::new(&seqs, Some(&learn), 509, student.device()).unwrap();
+    let critic = load(
+        "tiny-qwen2",
+        &ModelOptions {
+            dtype: DType::F64,
+            value_head: true,
+            seed: 3,
+            ..Default::default()
+        },
+    );
+    let check = |m: &TrainModel, what: &str, loss_of: &dyn Fn(&TrainModel, &Tensor) -> Tensor| {
+        let (l0, g0) = m
+            .loss_and_grads(&batch, false, |h| Ok(loss_of(m, h)))
+            .unwrap();
+        let (l1, g1) = m
+            .loss_and_grads(&batch, true, |h| Ok(loss_of(m, h)))
+            .unwrap();
+        let d = max_abs_diff(&l0, &l1);
+        assert!(d < 1e-12, "{what}: losses differ by {d}");
+        let vars = m.named_vars();
+        let mut compared = 0;
+        for (name, var) in &vars {
+            match (g0.get(var.as_tensor()), g1.get(var.as_tensor())) {
+                (Some(a), Some(b)) => {
+                    let d = max_abs_diff(a, b);
+                    assert!(d < 1e-12, "{what}, {name}: gradients differ by {d}");
+                    compared += 1;
+                }
+                (None, None) => {}
+                (a, b) => panic!(
+                    "{what}, {name}: gradient {} vs checkpointed {}",
+                    a.is_some(),
+                    b.is_some()
+                ),
+            }
+        }
+        // Only a critic's unused vocabulary head (untied in this fixture) has no gradient.
+        assert!(
+            compared + 1 >= vars.len(),
+            "{what}: {compared} of {} compared",
+            vars.len()
+        );
+    };
+    let policy = |m: &TrainModel, h: &Tensor| {
+        let z = m.target_logits_of(&batch, h).unwrap();
+        (z.sqr().unwrap().mean_all().unwrap() + z.mean_all().unwrap()).unwrap()
+    };
+    for (m, name) in [(&mut student, "qwen2"), (&mut teacher, "llama")] {
+        for rows in [0, 3] {
+            m.set_attention_block(rows);
+            check(m, &format!("{name}, attention block {rows}"), &policy);
+        }
+        m.set_attention_block(dgpo_core::model::decoder::ATTENTION_BLOCK_ROWS);
+        let d = max_abs_diff(
+            &m.hidden(&batch).unwrap(),
+            &m.hidden_no_grad(&batch).unwrap(),
+        );
+        assert_eq!(d, 0.0, "{name}: scoring forward differs by {d}");
+        let d = max_abs_diff(
+            &m.target_logits(&batch).unwrap(),
+            &m.target_logits_no_grad(&batch).unwrap(),
+        );
+        assert_eq!(d, 0.0, "{name}: scoring logits differ by {d}");
+    }
+    let value =
+        |m: &TrainModel, h: &Tensor| m.values(h).unwrap().sqr().unwrap().mean_all().unwrap();
+    check(&critic, "critic", &value);
+}
+
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b)
         .unwrap()
@@ -455,6 +536,7 @@ fn cfg(total: usize, save_every: usize) -> TrainConfig {
         save_every,
         keep_last: 2,
         threads: 1,
+        gradient_checkpointing: false,
     }
 }
 

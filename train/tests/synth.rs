@@ -294,6 +294,7 @@ fn sft_on_64_oracle_trajectories_reaches_bound() {
         save_every: 0,
         keep_last: 1,
         threads: 1,
+        gradient_checkpointing: false,
     };
     let t0 = std::time::Instant::now();
     let mut t = Trainer::new(&m, None, &data, tc, &tmp.path().join("exp"), 0).unwrap();
@@ -513,6 +514,7 @@ fn kd_tgo_keeps_correct_teacher_trajectories_and_lowers_kl() {
             save_every: 0,
             keep_last: 1,
             threads: 1,
+            gradient_checkpointing: false,
         },
         source: KdSource::Tgo,
         agent: dgpo_core::agent::AgentConfig {

@@ -467,94 +467,156 @@ impl Decoder {
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let offset = cache.as_ref().map_or(0, |c| c.len());
-        if offset + t > self.cfg.max_position {
-            return Err(Error::invalid(format!(
-                "context of {} tokens exceeds the model's maximum of {}",
-                offset + t,
-                self.cfg.max_position
-            )));
-        }
         if cache.is_some() && b != 1 {
             return Err(Error::invalid("the KV cache supports batch size 1 only"));
         }
-        let c = &self.cfg;
-        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let total = offset + t;
-        // Additive mask (t, total): causal, plus padding keys when given.
-        let mask = if t > 1 || key_mask.is_some() {
-            let mut m = vec![0f32; t * total];
-            for i in 0..t {
-                for j in (offset + i + 1)..total {
-                    m[i * total + j] = f32::NEG_INFINITY;
-                }
-            }
-            let m = Tensor::from_vec(m, (1, 1, 1, t, total), &self.device)?;
-            match key_mask {
-                Some(km) => {
-                    let pad = ((km.to_dtype(DType::F32)?.affine(1.0, -1.0)?) * 1e9)?
-                        .reshape((b, 1, 1, 1, total))?;
-                    Some(m.broadcast_add(&pad)?)
-                }
-                None => Some(m),
-            }
-        } else {
-            None
-        };
-        let scale = 1.0 / (hd as f64).sqrt();
-        let mut x = self.w.embed.forward(ids)?;
-        // The mask is built in f32; non-f32 activations (training) add it in their own dtype.
-        let mask = match mask {
-            Some(m) if m.dtype() != x.dtype() => Some(m.to_dtype(x.dtype())?),
-            m => m,
-        };
-        for (li, blk) in self.w.blocks.iter().enumerate() {
-            let h = self.rms_norm(&x, &blk.attn_norm)?;
-            let q = blk
-                .q
-                .forward(&h)?
-                .reshape((b, t, nh, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let k = blk
-                .k
-                .forward(&h)?
-                .reshape((b, t, nkv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let v = blk
-                .v
-                .forward(&h)?
-                .reshape((b, t, nkv, hd))?
-                .transpose(1, 2)?;
-            let q = self.rope(&q, offset, t)?;
-            let k = self.rope(&k, offset, t)?;
-            let (k, v) = match cache.as_deref_mut() {
-                Some(cache) => cache.append(li, &k, &v)?,
-                None => (k, v.contiguous()?),
-            };
-            let y = match &mask {
-                // Training on a fresh sequence: skip the masked upper triangle.
-                Some(m)
-                    if offset == 0
-                        && self.ops == Ops::Differentiable
-                        && self.attention_block > 0
-                        && t > self.attention_block
-                        && super::fused::supported(&q) =>
-                {
-                    self.blocked_attention(&q, &k, &v, m, scale)?
-                }
-                _ => self.full_attention(&q, &k, &v, mask.as_ref(), scale)?,
-            };
-            x = (x + blk.o.forward(&y)?)?;
-            let h = self.rms_norm(&x, &blk.ffn_norm)?;
-            let g = candle_nn::ops::silu(&blk.gate.forward(&h)?)?;
-            let u = blk.up.forward(&h)?;
-            x = (x + blk.down.forward(&(g * u)?)?)?;
+        let mut x = self.embed(ids)?;
+        let mask = self.mask(b, t, offset, key_mask, x.dtype())?;
+        for li in 0..self.w.blocks.len() {
+            x = self.block_at(li, &x, mask.as_ref(), offset, cache.as_deref_mut())?;
         }
         if let Some(cache) = cache {
             cache.advance(t);
         }
-        self.rms_norm(&x, &self.w.norm)
+        self.final_norm(&x)
+    }
+
+    /// Token embeddings of ids (b, t): the input of block 0.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.w.embed.forward(ids)
+    }
+
+    /// The additive attention mask of a fresh (uncached) sequence of token ids (b, t), in
+    /// `dtype`, for [`Decoder::block`]: causal, plus the padding keys of `key_mask` (b, t).
+    pub fn fresh_mask(
+        &self,
+        ids: &Tensor,
+        key_mask: Option<&Tensor>,
+        dtype: DType,
+    ) -> Result<Option<Tensor>> {
+        let (b, t) = ids.dims2()?;
+        self.mask(b, t, 0, key_mask, dtype)
+    }
+
+    /// Block `layer` on the hidden states `x` (b, t, hidden) of a fresh sequence, with the
+    /// mask of [`Decoder::fresh_mask`]. [`Decoder::embed`], the blocks in order and
+    /// [`Decoder::final_norm`] compute [`Decoder::forward_hidden`]; run one at a time, they let
+    /// training recompute a block's activations in the backward pass instead of keeping them
+    /// (gradient checkpointing).
+    pub fn block(&self, layer: usize, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        if layer >= self.w.blocks.len() {
+            return Err(Error::invalid(format!(
+                "block {layer} of a model with {} blocks",
+                self.w.blocks.len()
+            )));
+        }
+        self.block_at(layer, x, mask, 0, None)
+    }
+
+    /// The final RMSNorm, after the last block.
+    pub fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        self.rms_norm(x, &self.w.norm)
+    }
+
+    /// Additive mask (b or 1, 1, 1, t, offset + t): causal, plus padding keys when given;
+    /// `None` for a single cached token without padding (it may see every key).
+    fn mask(
+        &self,
+        b: usize,
+        t: usize,
+        offset: usize,
+        key_mask: Option<&Tensor>,
+        dtype: DType,
+    ) -> Result<Option<Tensor>> {
+        let total = offset + t;
+        if total > self.cfg.max_position {
+            return Err(Error::invalid(format!(
+                "context of {total} tokens exceeds the model's maximum of {}",
+                self.cfg.max_position
+            )));
+        }
+        if t <= 1 && key_mask.is_none() {
+            return Ok(None);
+        }
+        let mut m = vec![0f32; t * total];
+        for i in 0..t {
+            for j in (offset + i + 1)..total {
+                m[i * total + j] = f32::NEG_INFINITY;
+            }
+        }
+        let m = Tensor::from_vec(m, (1, 1, 1, t, total), &self.device)?;
+        let m = match key_mask {
+            Some(km) => {
+                let pad = ((km.to_dtype(DType::F32)?.affine(1.0, -1.0)?) * 1e9)?
+                    .reshape((b, 1, 1, 1, total))?;
+                m.broadcast_add(&pad)?
+            }
+            None => m,
+        };
+        // Built in f32; non-f32 activations (training) add it in their own dtype.
+        Ok(Some(if m.dtype() != dtype {
+            m.to_dtype(dtype)?
+        } else {
+            m
+        }))
+    }
+
+    /// Block `li` on `x` (b, t, hidden) at position `offset`, appending to `cache` when given.
+    fn block_at(
+        &self,
+        li: usize,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        offset: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let c = &self.cfg;
+        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let blk = &self.w.blocks[li];
+        let h = self.rms_norm(x, &blk.attn_norm)?;
+        let q = blk
+            .q
+            .forward(&h)?
+            .reshape((b, t, nh, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = blk
+            .k
+            .forward(&h)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = blk
+            .v
+            .forward(&h)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?;
+        let q = self.rope(&q, offset, t)?;
+        let k = self.rope(&k, offset, t)?;
+        let (k, v) = match cache {
+            Some(cache) => cache.append(li, &k, &v)?,
+            None => (k, v.contiguous()?),
+        };
+        let y = match mask {
+            // Training on a fresh sequence: skip the masked upper triangle.
+            Some(m)
+                if offset == 0
+                    && self.ops == Ops::Differentiable
+                    && self.attention_block > 0
+                    && t > self.attention_block
+                    && super::fused::supported(&q) =>
+            {
+                self.blocked_attention(&q, &k, &v, m, scale)?
+            }
+            _ => self.full_attention(&q, &k, &v, mask, scale)?,
+        };
+        let x = (x + blk.o.forward(&y)?)?;
+        let h = self.rms_norm(&x, &blk.ffn_norm)?;
+        let g = candle_nn::ops::silu(&blk.gate.forward(&h)?)?;
+        let u = blk.up.forward(&h)?;
+        Ok((x + blk.down.forward(&(g * u)?)?)?)
     }
 
     /// Self-attention over the whole (t, total) score matrix: `q` is (b, nh, t, hd) after rope,

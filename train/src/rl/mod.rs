@@ -199,6 +199,11 @@ pub struct RlConfig {
     pub full_kl: bool,
     /// Padding id of the training batches (any id: padding is masked out of attention).
     pub pad_id: u32,
+    /// Recompute each block's activations in the backward pass of the PPO update instead of
+    /// keeping them ([`TrainModel::loss_and_grads`]): the memory of one block's attention
+    /// scores, not of every block's, for one more forward pass (veRL's
+    /// `enable_gradient_checkpointing`, on in Search-R1's scripts).
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for RlConfig {
@@ -238,6 +243,7 @@ impl Default for RlConfig {
             update_threads: 1,
             full_kl: false,
             pad_id: 0,
+            gradient_checkpointing: true,
         }
     }
 }
@@ -521,11 +527,10 @@ fn micro_pass(
             approx_kl: 0.0,
         });
     }
-    // The policy's logits at generated positions only: the losses read no other position.
-    let logits = student.target_logits(&batch)?;
-    let logp = row_logprobs(&logits, &batch.target_ids_tensor(dev)?)?;
-    let dt = logp.dtype();
+    // The losses' dtype (f32, or f64 for f64 models): what `row_logprobs` returns.
+    let dt = crate::loss::wide_dtype(student.dtype());
     let n = batch.target_rows.len();
+    let targets = batch.target_ids_tensor(dev)?;
     // A per-position vector of each rollout at its generated positions, in the order of the
     // batch's target rows (rollout by rollout, position by position).
     let at_targets = |f: &dyn Fn(&Prepared) -> &[f32]| -> Result<Tensor> {
@@ -551,16 +556,28 @@ fn micro_pass(
     let all = Tensor::ones(n, dt, dev)?;
     let old = at_targets(&|p| &p.old_logp)?;
     let adv = at_targets(&|p| &p.adv)?;
-    let pl = policy_loss(&logp, &old, &adv, &all, cfg.clip_eps)?;
-    let ent = entropy_rows(&logits)?.mean_all()?;
-    let mut loss = (&pl.loss - (&ent * cfg.entropy_coef)?)?;
-    if cfg.algo == Algo::Grpo && cfg.kl_weight() > 0.0 && reference.is_some() {
-        let rf = at_targets(&|p| p.ref_logp.as_deref().unwrap_or(&[]))?;
-        let kl = low_var_kl(&logp, &rf)?.mean_all()?;
-        loss = (loss + (kl * cfg.kl_weight())?)?;
-    }
-    let (policy_loss, entropy) = (scalar(&pl.loss)?, scalar(&ent)?);
-    let actor = (loss / nm)?.backward()?;
+    let rf = if cfg.algo == Algo::Grpo && cfg.kl_weight() > 0.0 && reference.is_some() {
+        Some(at_targets(&|p| p.ref_logp.as_deref().unwrap_or(&[]))?)
+    } else {
+        None
+    };
+    let mut stats = None;
+    let (_, actor) = student.loss_and_grads(&batch, cfg.gradient_checkpointing, |h| {
+        // The policy's logits at generated positions only: the losses read no other position.
+        let logits = student.target_logits_of(&batch, h)?;
+        let logp = row_logprobs(&logits, &targets)?;
+        let pl = policy_loss(&logp, &old, &adv, &all, cfg.clip_eps)?;
+        let ent = entropy_rows(&logits)?.mean_all()?;
+        let mut loss = (&pl.loss - (&ent * cfg.entropy_coef)?)?;
+        if let Some(rf) = &rf {
+            let kl = low_var_kl(&logp, rf)?.mean_all()?;
+            loss = (loss + (kl * cfg.kl_weight())?)?;
+        }
+        stats = Some((scalar(&pl.loss)?, scalar(&ent)?, pl.clip_frac, pl.approx_kl));
+        Ok((loss / nm)?)
+    })?;
+    let (policy_loss, entropy, clip_frac, approx_kl) =
+        stats.ok_or_else(|| Error::invalid("the policy loss was not computed"))?;
     let critic = match critic {
         Some(c) => {
             // Values are one number a position: the critic keeps the padded (b, t − 1) form.
@@ -570,13 +587,16 @@ fn micro_pass(
                 pad_rows(&r, w, dt, dev)
             };
             let mask = batch.target_mask.to_dtype(dt)?;
-            let v = c.values(&c.hidden(&batch)?)?;
-            let v = crate::loss::wide(&v.narrow(1, 0, w)?)?;
             let old_v = col(&|p| p.values.as_deref().unwrap_or(&[]))?;
             let ret = col(&|p| &p.ret)?;
-            let vl = value_loss(&v, &old_v, &ret, &mask, cfg.value_clip)?;
-            let loss = scalar(&vl.loss)?;
-            Some((loss, vl.clip_frac, (vl.loss / nm)?.backward()?))
+            let mut stats = (0.0, 0.0);
+            let (_, grads) = c.loss_and_grads(&batch, cfg.gradient_checkpointing, |h| {
+                let v = crate::loss::wide(&c.values(h)?.narrow(1, 0, w)?)?;
+                let vl = value_loss(&v, &old_v, &ret, &mask, cfg.value_clip)?;
+                stats = (scalar(&vl.loss)?, vl.clip_frac);
+                Ok((vl.loss / nm)?)
+            })?;
+            Some((stats.0, stats.1, grads))
         }
         None => None,
     };
@@ -585,8 +605,8 @@ fn micro_pass(
         critic,
         policy_loss,
         entropy,
-        clip_frac: pl.clip_frac,
-        approx_kl: pl.approx_kl,
+        clip_frac,
+        approx_kl,
     })
 }
 
@@ -631,9 +651,9 @@ fn score_micro(
         fkl = (reference.is_some() && cfg.full_kl).then(|| zeros.clone());
         zeros
     } else {
-        let s_logits = student.target_logits(&batch)?.detach();
+        let s_logits = student.target_logits_no_grad(&batch)?;
         if let Some(m) = reference {
-            let r_logits = m.target_logits(&batch)?.detach();
+            let r_logits = m.target_logits_no_grad(&batch)?;
             refs = Some(per_position(&row_logprobs(&r_logits, &targets)?)?);
             if cfg.full_kl {
                 fkl = Some(per_position(&crate::loss::forward_kl_rows(
@@ -645,7 +665,7 @@ fn score_micro(
     };
     let vals = match critic {
         Some(c) => {
-            let v = c.values(&c.hidden(&batch)?)?.detach();
+            let v = c.values(&c.hidden_no_grad(&batch)?)?.detach();
             let t = v.dim(1)?;
             Some(rows(&v.narrow(1, 0, t - 1)?, &lens)?)
         }
