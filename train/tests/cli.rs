@@ -47,6 +47,15 @@ fn train_cmd(data: &Path, exp: &Path, resume: bool) -> Command {
     c
 }
 
+/// The command succeeded; else its stderr is the failure message.
+fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A small prepared world (12 people) whose tokenizer fits the fixture's 512-token vocabulary.
 fn sft_data(root: &Path) -> PathBuf {
     let data = root.join("d");
@@ -151,11 +160,7 @@ fn sft_in_bf16_follows_f32_and_saves_bf16_weights() {
         .args(["--dtype", "bf16"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let losses = |p: &Path| -> Vec<f64> {
         std::fs::read_to_string(p.join("metrics.jsonl"))
             .unwrap()
@@ -366,11 +371,7 @@ fn kd_sgo_end_to_end_builds_presets_and_evaluates() {
         .args(["--eval-limit", "2"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let root = tmp.path().join("exp");
     for p in ["tiny", "tiny-teacher"] {
         let d = root.join("presets/synth").join(p);
@@ -416,11 +417,7 @@ fn kd_sgo_end_to_end_builds_presets_and_evaluates() {
         .arg("--no-eval")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let again = std::fs::read(root.join("presets/synth/tiny-teacher/model.safetensors")).unwrap();
     assert!(again == w, "the cached teacher preset was rebuilt");
 }
@@ -527,11 +524,7 @@ fn demo_runs_kd_rl_and_evaluation_then_reuses_its_stages() {
     };
     let demo = |exp: &str| demo_with(exp, &[]);
     let out = demo("demo");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let exp = tmp.path().join("exp/demo");
     for algo in ["ppo", "grpo", "dgpo"] {
         let d = exp.join("seed-0").join(algo);
@@ -566,11 +559,7 @@ fn demo_runs_kd_rl_and_evaluation_then_reuses_its_stages() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     // The second run trains nothing: only the evaluation's stage time is recorded.
     let out = demo("demo");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(exp.join("demo.json")).unwrap()).unwrap();
     let stages: Vec<&String> = json["stage_secs"].as_object().unwrap().keys().collect();
@@ -622,11 +611,7 @@ fn demo_runs_kd_rl_and_evaluation_then_reuses_its_stages() {
     // RL on fresh people: DGPO trains on questions about people who are not in the world
     // (two people, ten questions), and the folder records it.
     let out = demo_with("demo-fresh", &["--algos", "dgpo", "--rl-fresh-people", "2"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let fresh = tmp.path().join("exp/demo-fresh");
     let split: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fresh.join("split.json")).unwrap()).unwrap();
