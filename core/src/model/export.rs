@@ -120,34 +120,8 @@ pub fn export_gguf(dir: &Path, out: &Path, quant: Quant) -> Result<()> {
             .map_err(|e| Error::format(dir, format!("tensor {name}: {e}")))
     };
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
-    tensors.push((
-        "token_embd.weight".into(),
-        get("model.embed_tokens.weight")?,
-    ));
-    for l in 0..cfg.num_layers {
-        let p = format!("model.layers.{l}");
-        let mut push = |gg: &str, hf: &str| -> Result<()> {
-            tensors.push((format!("blk.{l}.{gg}"), get(&format!("{p}.{hf}"))?));
-            Ok(())
-        };
-        push("attn_norm.weight", "input_layernorm.weight")?;
-        push("attn_q.weight", "self_attn.q_proj.weight")?;
-        push("attn_k.weight", "self_attn.k_proj.weight")?;
-        push("attn_v.weight", "self_attn.v_proj.weight")?;
-        if cfg.attention_bias {
-            push("attn_q.bias", "self_attn.q_proj.bias")?;
-            push("attn_k.bias", "self_attn.k_proj.bias")?;
-            push("attn_v.bias", "self_attn.v_proj.bias")?;
-        }
-        push("attn_output.weight", "self_attn.o_proj.weight")?;
-        push("ffn_norm.weight", "post_attention_layernorm.weight")?;
-        push("ffn_gate.weight", "mlp.gate_proj.weight")?;
-        push("ffn_up.weight", "mlp.up_proj.weight")?;
-        push("ffn_down.weight", "mlp.down_proj.weight")?;
-    }
-    tensors.push(("output_norm.weight".into(), get("model.norm.weight")?));
-    if !cfg.tie_embeddings {
-        tensors.push(("output.weight".into(), get("lm_head.weight")?));
+    for (hf, gg, _) in super::import::tensor_map(&cfg) {
+        tensors.push((gg, get(&hf)?));
     }
     if cfg.arch == Arch::Llama {
         for (name, t) in tensors.iter_mut() {

@@ -36,8 +36,9 @@ fn unpermute_qk(w: &Tensor, heads: usize) -> Result<Tensor> {
         .reshape(dims)?)
 }
 
-/// The HF names and shapes of `cfg`'s tensors, each with its GGUF name.
-fn tensor_map(cfg: &DecoderConfig) -> Vec<(String, String, Vec<usize>)> {
+/// `cfg`'s tensors in GGUF file order: HF name, GGUF name (llama.cpp's converter) and shape.
+/// Export and import share it, so the two directions cannot disagree on a name.
+pub(crate) fn tensor_map(cfg: &DecoderConfig) -> Vec<(String, String, Vec<usize>)> {
     let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
     let (q, kv) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
     let mut m = vec![(
