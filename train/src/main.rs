@@ -68,7 +68,7 @@ struct Cli {
     #[arg(long)]
     kl_coef: Option<f64>,
     /// DGPO: β, the weight of the KL to the teacher on failed rollouts [paper: 0.001; tiny: 1]
-    /// (README, Training: at 1 the tiny student moves toward its teacher; at 0.001-0.05 it
+    /// (docs/demo/history.md: at 1 the tiny student moves toward its teacher; at 0.001-0.05 it
     /// stays where KD left it).
     #[arg(long)]
     teacher_kl_coef: Option<f64>,
@@ -104,7 +104,7 @@ struct Cli {
     /// the trajectories themselves (the training people's names permuted, so the student
     /// cannot memorise their facts; needs a synthetic data folder's world.json). 15 sees each
     /// copy about once in the tiny KD. Off by default: on the tiny presets it halved the
-    /// student's test EM (seed 0: 0.065 against 0.115; README, Training).
+    /// student's test EM (seed 0: 0.065 against 0.115; docs/demo/history.md).
     #[arg(long, default_value_t = 0)]
     kd_name_swaps: usize,
     /// Optimiser updates [default: 100; the tiny presets' KD: 2400].

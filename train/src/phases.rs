@@ -110,7 +110,7 @@ pub fn default_concurrency() -> usize {
 ///
 /// Why: a compact student distilled for many epochs on a small question set memorises the
 /// answers, so RL's exact-match reward on those same questions rewards recall, not reading
-/// (README "The DGPO demo"). On held-out questions a rollout succeeds only by searching and
+/// (docs/demo/history.md). On held-out questions a rollout succeeds only by searching and
 /// reading. The split is by position: the synthetic world lists each person's questions
 /// together, in random person order, so a tail holds out whole people; Search-R1's train files
 /// are ordered by data source, so shuffle such a file first.
