@@ -146,9 +146,10 @@ struct Cli {
     /// KD: at most this many training questions for the agent runs.
     #[arg(long)]
     max_questions: Option<usize>,
-    /// New-token cap per agent turn (KD generation and the evaluation after it).
-    #[arg(long, default_value_t = 500)]
-    max_turn_tokens: usize,
+    /// New-token cap per agent turn: KD's generations, RL's rollouts and the evaluations
+    /// [default: 500; `all` and `rl` with the tiny defaults: 128].
+    #[arg(long)]
+    max_turn_tokens: Option<usize>,
     /// Corpus JSONL searched with BM25 (default: the data folder's corpus.jsonl).
     #[arg(long)]
     corpus: Option<PathBuf>,
@@ -489,13 +490,15 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
             let concurrency = cli
                 .concurrency
                 .unwrap_or_else(train::phases::default_concurrency);
+            let default_agent = dgpo_core::agent::AgentConfig::default();
+            let kd_agent = dgpo_core::agent::AgentConfig {
+                max_turn_tokens: cli.max_turn_tokens.unwrap_or(default_agent.max_turn_tokens),
+                ..default_agent
+            };
             let kd = KdConfig {
                 train: kd_config(cli, cfg, cli.tiny_defaults(student)),
                 source,
-                agent: dgpo_core::agent::AgentConfig {
-                    max_turn_tokens: cli.max_turn_tokens,
-                    ..Default::default()
-                },
+                agent: kd_agent.clone(),
                 sgo_rounds: cli.sgo_rounds,
                 concurrency,
                 resume: cli.resume,
@@ -532,10 +535,7 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
                     limit: Some(cli.eval_limit),
                     evidence: false,
                     concurrency,
-                    agent: dgpo_core::agent::AgentConfig {
-                        max_turn_tokens: cli.max_turn_tokens,
-                        ..Default::default()
-                    },
+                    agent: kd_agent,
                     placement,
                 };
                 let report = evaluate_models(&models, &ds.dir, "test", &opts)?;
@@ -739,6 +739,7 @@ fn rl_config(cli: &Cli, tiny: bool) -> Result<train::rl::RlConfig> {
     c.teacher_kl_coef = cli.teacher_kl_coef.unwrap_or(c.teacher_kl_coef);
     c.actor_lr = cli.actor_lr.unwrap_or(c.actor_lr);
     c.critic_lr = cli.critic_lr.unwrap_or(c.critic_lr);
+    c.max_turn_tokens = cli.max_turn_tokens.unwrap_or(c.max_turn_tokens);
     c.selective = !cli.no_selective;
     c.keep_last = cli.keep_last;
     c.validate()?;
@@ -807,6 +808,11 @@ mod tests {
         ]);
         let c = rl_config(&cli, true).unwrap();
         assert_eq!((c.kl_coef, c.teacher_kl_coef), (0.01, 0.3));
+        // The per-turn cap reaches RL's rollouts under either profile.
+        let cli = parse(&["synth", "tiny", "t", "e", "--max-turn-tokens", "64"]);
+        assert_eq!(rl_config(&cli, true).unwrap().max_turn_tokens, 64);
+        assert_eq!(rl_config(&cli, false).unwrap().max_turn_tokens, 64);
+        assert_eq!(paper.max_turn_tokens, 500);
 
         let cli = parse(&["synth", "tiny", "t", "e", "--defaults", "paper"]);
         assert!(!cli.tiny_defaults("tiny"));
