@@ -239,6 +239,9 @@ enum Cmd {
         /// Float type of HF-folder models: `f32`, `bf16`, `f16`.
         #[arg(long, default_value = "f32")]
         dtype: String,
+        /// New-token cap per agent turn (the demo evaluates the tiny presets at 128).
+        #[arg(long, default_value_t = dgpo_core::agent::AgentConfig::default().max_turn_tokens)]
+        max_turn_tokens: usize,
     },
     /// Import a GGUF file as a trainable HF folder (dequantised weights, config, tokenizer,
     /// chat template): the inverse of `export`.
@@ -333,6 +336,7 @@ fn main() -> Result<()> {
             concurrency,
             device,
             dtype,
+            max_turn_tokens,
         }) => {
             let ds = DataSet::resolve(data, &root("DATA_ROOT", "data"))?;
             let exp_root = root("EXP_ROOT", "exp");
@@ -348,6 +352,10 @@ fn main() -> Result<()> {
                 evidence: !no_evidence,
                 concurrency: concurrency.unwrap_or_else(train::phases::default_concurrency),
                 placement: Placement::parse(device, dtype)?,
+                agent: dgpo_core::agent::AgentConfig {
+                    max_turn_tokens: *max_turn_tokens,
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             let report = evaluate_models(&named, &ds.dir, split, &opts)?;
