@@ -356,7 +356,6 @@ fn main() -> Result<()> {
                     max_turn_tokens: *max_turn_tokens,
                     ..Default::default()
                 },
-                ..Default::default()
             };
             let report = evaluate_models(&named, &ds.dir, split, &opts)?;
             if let Some(o) = out {
