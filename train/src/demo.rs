@@ -332,10 +332,17 @@ pub fn run_demo(
             kd.train.seed = seed;
             share_teacher_trajectories(cfg, &kd_dir)?;
             // run_kd reuses stored TGO trajectories when resuming (see `share_teacher_trajectories`).
-            if kd.resume && kd.source == KdSource::Tgo && kd_dir.join(TGO_FILE).exists() {
-                tracing::info!(seed, "KD: distilling on the stored teacher trajectories");
-            } else {
-                tracing::info!(seed, "KD: the teacher answers the training questions");
+            match kd.source {
+                KdSource::Tgo if kd.resume && kd_dir.join(TGO_FILE).exists() => {
+                    tracing::info!(seed, "KD: distilling on the stored teacher trajectories")
+                }
+                KdSource::Tgo => {
+                    tracing::info!(seed, "KD: the teacher answers the training questions")
+                }
+                KdSource::Sgo => tracing::info!(
+                    seed,
+                    "KD: the student answers the training questions (SGO), the teacher scores them"
+                ),
             }
             run_kd(&cfg.student, &cfg.teacher, kd_qs, retriever, &kd_dir, &kd)?;
             stage_secs.insert(format!("seed-{seed}/kd"), t.elapsed().as_secs_f64());
