@@ -207,6 +207,8 @@ pub struct TrainModel {
     side_files: BTreeMap<String, Vec<u8>>,
     dtype: DType,
     device: Device,
+    /// [`TrainModel::set_row_chunk`]'s override of [`TrainModel::row_chunk`].
+    row_chunk: Option<usize>,
 }
 
 /// HF tensor names a decoder of this shape needs, in a fixed order.
@@ -403,6 +405,7 @@ impl TrainModel {
             side_files,
             dtype: opts.dtype,
             device: opts.device.clone(),
+            row_chunk: None,
         })
     }
 
@@ -420,6 +423,12 @@ impl TrainModel {
     /// [`Decoder::set_attention_block`]. Tests compare the two forms.
     pub fn set_attention_block(&mut self, rows: usize) {
         self.decoder.set_attention_block(rows);
+    }
+
+    /// Set the learnt rows per chunk of [`TrainModel::row_chunk`] (`None`: sized by
+    /// [`ROW_CHUNK_BYTES`]). Tests chunk the tiny models' few rows with it.
+    pub fn set_row_chunk(&mut self, rows: Option<usize>) {
+        self.row_chunk = rows;
     }
 
     /// Vocabulary size of the output layer.
@@ -550,6 +559,73 @@ impl TrainModel {
         }
         grads.extend(detached((embedded * &g)?.sum_all()?.backward()?))?;
         Ok((loss.detach(), grads))
+    }
+
+    /// Learnt rows whose logits [`TrainModel::loss_and_grads_by_rows`] computes at once: as
+    /// many as fit [`ROW_CHUNK_BYTES`] of (rows × vocabulary) logits in f32 (1,365 rows for
+    /// SmolLM2's 49,152 tokens, 441 for Qwen2.5's 151,936; every row of the tiny presets).
+    pub fn row_chunk(&self) -> usize {
+        if let Some(rows) = self.row_chunk {
+            return rows.max(1);
+        }
+        let row_bytes = self.vocab_size() * self.dtype.size_in_bytes().max(4);
+        (ROW_CHUNK_BYTES / row_bytes.max(1)).max(1)
+    }
+
+    /// The gradients of a loss that is a sum over the batch's learnt rows
+    /// ([`Batch::target_rows`]), computing the logits `chunk` rows at a time.
+    ///
+    /// `loss_of_rows(logits, rows)` gets the (m, vocab) logits of the learnt rows `rows` (a
+    /// range of `0..n`) and returns their share of the loss, so that the shares add up to the
+    /// batch's loss (a mean over rows is `mean(chunk) · m / n`). With one chunk (`n ≤ chunk`)
+    /// this is [`TrainModel::loss_and_grads`] with `target_logits_of` in front, operation for
+    /// operation. With several, the head and the loss run forward and backward one chunk at a
+    /// time against a detached copy of the rows' hidden states, and the rows' gradient is then
+    /// pulled through the body as `sum(rows · g)`, with or without `checkpoint`: the (rows ×
+    /// vocabulary) logits and the loss's copies of them exist for one chunk only. On agent
+    /// trajectories of real models they are the largest activation (Qwen2.5's 151,936 tokens
+    /// make 0.6 MB of logits per learnt token in f32, and the loss and its backward pass keep
+    /// several). The gradients are the same up to the order of the head's sums (1e-12 in f64
+    /// in the tests).
+    pub fn loss_and_grads_by_rows(
+        &self,
+        batch: &Batch,
+        checkpoint: bool,
+        chunk: usize,
+        mut loss_of_rows: impl FnMut(&Tensor, std::ops::Range<usize>) -> Result<Tensor>,
+    ) -> Result<GradStore> {
+        let n = batch.target_rows.len();
+        if n == 0 {
+            return Err(Error::invalid("the batch has no learnt position"));
+        }
+        let chunk = chunk.max(1);
+        if n <= chunk {
+            let (_, grads) = self.loss_and_grads(batch, checkpoint, |h| {
+                loss_of_rows(&self.target_logits_of(batch, h)?, 0..n)
+            })?;
+            return Ok(grads);
+        }
+        let mut head = GradStore::default();
+        let (_, mut grads) = self.loss_and_grads(batch, checkpoint, |h| {
+            let (b, t, d) = h.dims3()?;
+            let idx = Tensor::new(batch.target_rows.as_slice(), &self.device)?;
+            let rows = h.reshape((b * t, d))?.index_select(&idx, 0)?;
+            let mut g_rows = Vec::with_capacity(n.div_ceil(chunk));
+            for start in (0..n).step_by(chunk) {
+                let m = chunk.min(n - start);
+                let x = Var::from_tensor(&rows.narrow(0, start, m)?.detach())?;
+                let loss = loss_of_rows(&self.decoder.logits(x.as_tensor())?, start..start + m)?;
+                let mut gs = detached(loss.backward()?);
+                g_rows.push(gs.remove(x.as_tensor()).ok_or_else(|| {
+                    Error::invalid("the loss does not depend on the learnt rows")
+                })?);
+                head.extend(gs)?;
+            }
+            // The surrogate whose gradient through the body is the loss's.
+            Ok((rows * Tensor::cat(&g_rows, 0)?)?.sum_all()?)
+        })?;
+        grads.extend(head)?;
+        Ok(grads)
     }
 
     /// Logits at every position, (b, t, vocab).
@@ -695,6 +771,9 @@ pub fn detached(store: GradStore) -> GradStore {
     }
     out
 }
+
+/// Logits memory that [`TrainModel::row_chunk`] sizes a chunk of learnt rows to: 256 MiB.
+pub const ROW_CHUNK_BYTES: usize = 256 << 20;
 
 /// `<dir>.<tag>-<pid>` next to `dir`.
 pub(crate) fn sibling(dir: &Path, tag: &str) -> PathBuf {

@@ -492,22 +492,36 @@ fn slice_pass(
         Some(t) => Some(t.target_logits(idx, batch)?),
         None => None,
     };
+    let n = batch.target_rows.len();
     let mut parts = (0.0, 0.0, 0.0);
-    let (_, grads) = student.loss_and_grads(batch, checkpoint, |h| {
-        // Logits of the learnt positions only: every other position is masked out of the loss.
-        let logits = student.target_logits_of(batch, h)?;
+    // Logits of the learnt positions only (every other position is masked out of the loss), a
+    // chunk of rows at a time when they are many (real models' vocabularies).
+    let chunk = student.row_chunk();
+    let grads = student.loss_and_grads_by_rows(batch, checkpoint, chunk, |logits, rows| {
+        let m = rows.len();
+        let targets = targets.narrow(0, rows.start, m)?;
         let (l, kl, ce) = match &teacher_logits {
             Some(tl) => {
-                let d = loss::distill_loss_rows(tl, &logits, &targets, alpha)?;
+                let tl = tl.narrow(0, rows.start, m)?;
+                let d = loss::distill_loss_rows(&tl, logits, &targets, alpha)?;
                 (d.loss, d.kl, d.ce)
             }
             None => {
-                let ce = loss::cross_entropy_rows(&logits, &targets)?;
+                let ce = loss::cross_entropy_rows(logits, &targets)?;
                 let v = loss::scalar(&ce)?;
                 (ce, 0.0, v)
             }
         };
-        parts = (loss::scalar(&l)?, kl, ce);
+        // The losses are means over rows: a chunk's share is its mean times m / n.
+        let l = if m == n {
+            l
+        } else {
+            (l * (m as f64 / n as f64))?
+        };
+        let share = m as f64 / n as f64;
+        parts.0 += loss::scalar(&l)?;
+        parts.1 += kl * share;
+        parts.2 += ce * share;
         Ok((l * weight)?)
     })?;
     let (loss, kl, ce) = parts;

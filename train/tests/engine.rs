@@ -273,6 +273,66 @@ fn gradient_checkpointing_gives_the_plain_backward_pass() {
     check(&critic, "critic", &value);
 }
 
+/// The head and loss a chunk of learnt rows at a time (`loss_and_grads_by_rows`, for real
+/// models' vocabularies) gives every weight the gradient of the whole-batch loss, in f64: the
+/// distillation loss (a mean over rows, each chunk's share weighted by its rows) of the tied
+/// Qwen2 student against the teacher's rows, with and without checkpointing, for chunks that
+/// do and do not divide the 11 learnt rows; and the chunks see the rows in order, once.
+#[test]
+fn row_chunks_give_the_whole_batch_gradients() {
+    let (student, teacher, seqs) = f64_pair();
+    let learn = vec![
+        vec![false, true, true, false, true, true, true, true, true],
+        vec![false, false, true, true, true, true],
+    ];
+    let batch = Batch::new(&seqs, Some(&learn), 509, student.device()).unwrap();
+    let n = batch.target_rows.len();
+    assert_eq!(
+        n, 11,
+        "learnt rows (the first token of each sequence is never a target)"
+    );
+    let tl = teacher.target_logits_no_grad(&batch).unwrap();
+    let targets = batch.target_ids_tensor(student.device()).unwrap();
+    let grads = |checkpoint: bool, chunk: usize| {
+        let mut seen = Vec::new();
+        let g = student
+            .loss_and_grads_by_rows(&batch, checkpoint, chunk, |z, rows| {
+                seen.extend(rows.clone());
+                let m = rows.len();
+                let d = train::loss::distill_loss_rows(
+                    &tl.narrow(0, rows.start, m)?,
+                    z,
+                    &targets.narrow(0, rows.start, m)?,
+                    0.5,
+                )?;
+                Ok((d.loss * (m as f64 / n as f64))?)
+            })
+            .unwrap();
+        assert_eq!(seen, (0..n).collect::<Vec<_>>(), "chunk {chunk}");
+        g
+    };
+    let whole = grads(false, usize::MAX);
+    let vars = student.named_vars();
+    for checkpoint in [false, true] {
+        for chunk in [1, 5, n] {
+            let g = grads(checkpoint, chunk);
+            for (name, var) in &vars {
+                let (a, b) = (whole.get(var.as_tensor()), g.get(var.as_tensor()));
+                let (Some(a), Some(b)) = (a, b) else {
+                    panic!("{name}: a gradient is missing (chunk {chunk})");
+                };
+                let d = max_abs_diff(a, b);
+                assert!(
+                    d < 1e-12,
+                    "checkpoint {checkpoint}, chunk {chunk}, {name}: gradients differ by {d}"
+                );
+            }
+        }
+    }
+    // The chunk size follows the vocabulary: every row of a tiny model fits one chunk.
+    assert!(student.row_chunk() >= 4096, "{}", student.row_chunk());
+}
+
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b)
         .unwrap()
@@ -639,8 +699,10 @@ fn sft_loss_goes_down() {
 /// learnt token at all (it is skipped, not a 0/0): the two 39-40-token sequences without one are
 /// a slice of their own, as `balanced_slices` cuts by length (their slice pads to 2 × 40
 /// tokens; the eight 10-12-token ones to 8 × 12 together, or 4 × 12 in each of two slices).
+/// Computing the logits 7 learnt rows at a time (`TrainModel::set_row_chunk`, what real
+/// models' vocabularies get) makes the same updates too, with and without threads.
 #[test]
-fn data_parallel_threads_make_the_same_updates() {
+fn data_parallel_threads_and_row_chunks_make_the_same_updates() {
     let tmp = tempfile::tempdir().unwrap();
     let mut data = toy_examples(10, 12, 512, 7);
     for (e, long) in data[..2].iter_mut().zip(toy_examples(2, 40, 512, 9)) {
@@ -658,8 +720,9 @@ fn data_parallel_threads_make_the_same_updates() {
     }
     let teacher = load("tiny-llama", &ModelOptions::default());
     for with_teacher in [false, true] {
-        let run = |threads: usize| {
-            let m = load("tiny-qwen2", &ModelOptions::default());
+        let run = |threads: usize, chunk: Option<usize>| {
+            let mut m = load("tiny-qwen2", &ModelOptions::default());
+            m.set_row_chunk(chunk);
             let mut c = cfg(3, 0);
             // The whole set in each micro-batch, so every update has the unlearnt slice.
             c.micro_batch = 10;
@@ -668,16 +731,18 @@ fn data_parallel_threads_make_the_same_updates() {
             // keeps such weights still, so the comparison below sees the real updates.
             c.adamw.eps = 1e-6;
             c.threads = threads;
-            let dir = tmp.path().join(format!("{with_teacher}-{threads}"));
+            let dir = tmp
+                .path()
+                .join(format!("{with_teacher}-{threads}-{chunk:?}"));
             let t_ref = with_teacher.then_some(&teacher);
             let mut t = Trainer::new(&m, t_ref, &data, c, &dir, 509).unwrap();
             let ms = t.run(3).unwrap();
             (weights(&m), ms)
         };
-        let (w1, m1) = run(1);
+        let (w1, m1) = run(1, None);
         let start = weights(&load("tiny-qwen2", &ModelOptions::default()));
-        for threads in [2, 3] {
-            let (w, m) = run(threads);
+        for (threads, chunk) in [(2, None), (3, None), (1, Some(7)), (2, Some(7))] {
+            let (w, m) = run(threads, chunk);
             // Adam divides by √v, so where a gradient is near 0 its rounding shows in the
             // update: compare the difference of the runs to how far the weights moved.
             let (mut worst, mut moved) = (0f32, 0f32);
@@ -688,11 +753,11 @@ fn data_parallel_threads_make_the_same_updates() {
                 }
             }
             eprintln!(
-                "teacher {with_teacher}, {threads} threads: max weight difference {worst:.2e}, max move {moved:.2e}"
+                "teacher {with_teacher}, {threads} threads, row chunk {chunk:?}: max weight difference {worst:.2e}, max move {moved:.2e}"
             );
             assert!(
                 moved > 1e-3 && worst < 0.01 * moved,
-                "teacher {with_teacher}, {threads} threads: weights differ by {worst} (moved {moved})"
+                "teacher {with_teacher}, {threads} threads, row chunk {chunk:?}: weights differ by {worst} (moved {moved})"
             );
             for (x, y) in m1.iter().zip(&m) {
                 assert!((x.loss - y.loss).abs() < 1e-5, "{} vs {}", x.loss, y.loss);

@@ -561,23 +561,41 @@ fn micro_pass(
     } else {
         None
     };
-    let mut stats = None;
-    let (_, actor) = student.loss_and_grads(&batch, cfg.gradient_checkpointing, |h| {
-        // The policy's logits at generated positions only: the losses read no other position.
-        let logits = student.target_logits_of(&batch, h)?;
-        let logp = row_logprobs(&logits, &targets)?;
-        let pl = policy_loss(&logp, &old, &adv, &all, cfg.clip_eps)?;
-        let ent = entropy_rows(&logits)?.mean_all()?;
-        let mut loss = (&pl.loss - (&ent * cfg.entropy_coef)?)?;
-        if let Some(rf) = &rf {
-            let kl = low_var_kl(&logp, rf)?.mean_all()?;
-            loss = (loss + (kl * cfg.kl_weight())?)?;
-        }
-        stats = Some((scalar(&pl.loss)?, scalar(&ent)?, pl.clip_frac, pl.approx_kl));
-        Ok((loss / nm)?)
-    })?;
-    let (policy_loss, entropy, clip_frac, approx_kl) =
-        stats.ok_or_else(|| Error::invalid("the policy loss was not computed"))?;
+    let mut stats = (0.0, 0.0, 0.0, 0.0);
+    // The policy's logits at generated positions only (the losses read no other position), a
+    // chunk of rows at a time when they are many (real models' vocabularies). Every term is a
+    // mean over the rows: a chunk's share is its mean times m / n.
+    let chunk = student.row_chunk();
+    let actor = student.loss_and_grads_by_rows(
+        &batch,
+        cfg.gradient_checkpointing,
+        chunk,
+        |logits, r| {
+            let (m, share) = (r.len(), r.len() as f64 / n as f64);
+            let part = |t: &Tensor| t.narrow(0, r.start, m);
+            let logp = row_logprobs(logits, &part(&targets)?)?;
+            let pl = policy_loss(
+                &logp,
+                &part(&old)?,
+                &part(&adv)?,
+                &part(&all)?,
+                cfg.clip_eps,
+            )?;
+            let ent = entropy_rows(logits)?.mean_all()?;
+            let mut loss = (&pl.loss - (&ent * cfg.entropy_coef)?)?;
+            if let Some(rf) = &rf {
+                let kl = low_var_kl(&logp, &part(rf)?)?.mean_all()?;
+                loss = (loss + (kl * cfg.kl_weight())?)?;
+            }
+            stats.0 += scalar(&pl.loss)? * share;
+            stats.1 += scalar(&ent)? * share;
+            stats.2 += pl.clip_frac * share;
+            stats.3 += pl.approx_kl * share;
+            let loss = if m == n { loss } else { (loss * share)? };
+            Ok((loss / nm)?)
+        },
+    )?;
+    let (policy_loss, entropy, clip_frac, approx_kl) = stats;
     let critic = match critic {
         Some(c) => {
             // Values are one number a position: the critic keeps the padded (b, t − 1) form.
