@@ -156,6 +156,15 @@ fn f64_pair() -> (TrainModel, TrainModel, Vec<Vec<u32>>) {
     (load("tiny-qwen2", &opts), load("tiny-llama", &opts), seqs)
 }
 
+/// A batch of `f64_pair`'s two sequences with gaps in what is learnt (11 learnt rows).
+fn gappy_batch(seqs: &[Vec<u32>], device: &candle_core::Device) -> Batch {
+    let learn = vec![
+        vec![false, true, true, false, true, true, true, true, true],
+        vec![false, false, true, true, true, true],
+    ];
+    Batch::new(seqs, Some(&learn), 509, device).unwrap()
+}
+
 /// Causal attention in query blocks (the training default from 128 tokens on) gives the whole
 /// score matrix's logits and gradients, in f64, for block sizes that do and do not divide the
 /// length, on a right-padded batch (padding keys masked too) and on the tiny Llama's
@@ -200,11 +209,7 @@ fn blocked_causal_attention_equals_the_full_score_matrix() {
 #[test]
 fn gradient_checkpointing_gives_the_plain_backward_pass() {
     let (mut student, mut teacher, seqs) = f64_pair();
-    let learn = vec![
-        vec![false, true, true, false, true, true, true, true, true],
-        vec![false, false, true, true, true, true],
-    ];
-    let batch = Batch::new(&seqs, Some(&learn), 509, student.device()).unwrap();
+    let batch = gappy_batch(&seqs, student.device());
     let critic = load(
         "tiny-qwen2",
         &ModelOptions {
@@ -281,11 +286,7 @@ fn gradient_checkpointing_gives_the_plain_backward_pass() {
 #[test]
 fn row_chunks_give_the_whole_batch_gradients() {
     let (student, teacher, seqs) = f64_pair();
-    let learn = vec![
-        vec![false, true, true, false, true, true, true, true, true],
-        vec![false, false, true, true, true, true],
-    ];
-    let batch = Batch::new(&seqs, Some(&learn), 509, student.device()).unwrap();
+    let batch = gappy_batch(&seqs, student.device());
     let n = batch.target_rows.len();
     assert_eq!(
         n, 11,
