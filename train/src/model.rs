@@ -565,40 +565,36 @@ impl TrainModel {
     /// many as fit [`ROW_CHUNK_BYTES`] of (rows × vocabulary) logits in f32 (1,365 rows for
     /// SmolLM2's 49,152 tokens, 441 for Qwen2.5's 151,936; every row of the tiny presets).
     pub fn row_chunk(&self) -> usize {
-        if let Some(rows) = self.row_chunk {
-            return rows.max(1);
-        }
         let row_bytes = self.vocab_size() * self.dtype.size_in_bytes().max(4);
-        (ROW_CHUNK_BYTES / row_bytes.max(1)).max(1)
+        self.row_chunk.unwrap_or(ROW_CHUNK_BYTES / row_bytes).max(1)
     }
 
-    /// The gradients of a loss that is a sum over the batch's learnt rows
-    /// ([`Batch::target_rows`]), computing the logits `chunk` rows at a time.
+    /// The gradients of a loss that is a mean over the batch's learnt rows
+    /// ([`Batch::target_rows`]), computing the logits [`TrainModel::row_chunk`] rows at a time.
     ///
     /// `loss_of_rows(logits, rows)` gets the (m, vocab) logits of the learnt rows `rows` (a
-    /// range of `0..n`) and returns their share of the loss, so that the shares add up to the
-    /// batch's loss (a mean over rows is `mean(chunk) · m / n`). With one chunk (`n ≤ chunk`)
-    /// this is [`TrainModel::loss_and_grads`] with `target_logits_of` in front, operation for
-    /// operation. With several, the head and the loss run forward and backward one chunk at a
-    /// time against a detached copy of the rows' hidden states, and the rows' gradient is then
-    /// pulled through the body as `sum(rows · g)`, with or without `checkpoint`: the (rows ×
-    /// vocabulary) logits and the loss's copies of them exist for one chunk only. On agent
-    /// trajectories of real models they are the largest activation (Qwen2.5's 151,936 tokens
-    /// make 0.6 MB of logits per learnt token in f32, and the loss and its backward pass keep
-    /// several). The gradients are the same up to the order of the head's sums (1e-12 in f64
-    /// in the tests).
+    /// range of `0..n`) and returns the loss of those rows as a mean over them; each chunk's
+    /// loss is weighted by m / n here, so the chunks add up to the batch's mean. With one
+    /// chunk (`n ≤ row_chunk`) this is [`TrainModel::loss_and_grads`] with `target_logits_of`
+    /// in front, operation for operation. With several, the head and the loss run forward and
+    /// backward one chunk at a time against a detached copy of the rows' hidden states, and
+    /// the rows' gradient is then pulled through the body as `sum(rows · g)`, with or without
+    /// `checkpoint`: the (rows × vocabulary) logits and the loss's copies of them exist for one
+    /// chunk only. On agent trajectories of real models they are the largest activation
+    /// (Qwen2.5's 151,936 tokens make 0.6 MB of logits per learnt token in f32, and the loss
+    /// and its backward pass keep several). The gradients are the same up to the order of the
+    /// head's sums (1e-12 in f64 in the tests).
     pub fn loss_and_grads_by_rows(
         &self,
         batch: &Batch,
         checkpoint: bool,
-        chunk: usize,
         mut loss_of_rows: impl FnMut(&Tensor, std::ops::Range<usize>) -> Result<Tensor>,
     ) -> Result<GradStore> {
         let n = batch.target_rows.len();
         if n == 0 {
             return Err(Error::invalid("the batch has no learnt position"));
         }
-        let chunk = chunk.max(1);
+        let chunk = self.row_chunk();
         if n <= chunk {
             let (_, grads) = self.loss_and_grads(batch, checkpoint, |h| {
                 loss_of_rows(&self.target_logits_of(batch, h)?, 0..n)
@@ -607,15 +603,13 @@ impl TrainModel {
         }
         let mut head = GradStore::default();
         let (_, mut grads) = self.loss_and_grads(batch, checkpoint, |h| {
-            let (b, t, d) = h.dims3()?;
-            let idx = Tensor::new(batch.target_rows.as_slice(), &self.device)?;
-            let rows = h.reshape((b * t, d))?.index_select(&idx, 0)?;
+            let rows = self.target_hidden(batch, h)?;
             let mut g_rows = Vec::with_capacity(n.div_ceil(chunk));
             for start in (0..n).step_by(chunk) {
                 let m = chunk.min(n - start);
                 let x = Var::from_tensor(&rows.narrow(0, start, m)?.detach())?;
-                let loss = loss_of_rows(&self.decoder.logits(x.as_tensor())?, start..start + m)?;
-                let mut gs = detached(loss.backward()?);
+                let mean = loss_of_rows(&self.decoder.logits(x.as_tensor())?, start..start + m)?;
+                let mut gs = detached((mean * (m as f64 / n as f64))?.backward()?);
                 g_rows.push(gs.remove(x.as_tensor()).ok_or_else(|| {
                     Error::invalid("the loss does not depend on the learnt rows")
                 })?);
@@ -654,10 +648,14 @@ impl TrainModel {
         if batch.target_rows.is_empty() {
             return Err(Error::invalid("the batch has no learnt position"));
         }
+        self.decoder.logits(&self.target_hidden(batch, hidden)?)
+    }
+
+    /// The hidden states (b, t, hidden) at the batch's learnt positions, (n, hidden).
+    fn target_hidden(&self, batch: &Batch, hidden: &Tensor) -> Result<Tensor> {
         let (b, t, d) = hidden.dims3()?;
         let rows = Tensor::new(batch.target_rows.as_slice(), &self.device)?;
-        let h = hidden.reshape((b * t, d))?.index_select(&rows, 0)?;
-        self.decoder.logits(&h)
+        Ok(hidden.reshape((b * t, d))?.index_select(&rows, 0)?)
     }
 
     /// Values of the critic head at every position, (b, t), from hidden states.

@@ -496,8 +496,7 @@ fn slice_pass(
     let mut parts = (0.0, 0.0, 0.0);
     // Logits of the learnt positions only (every other position is masked out of the loss), a
     // chunk of rows at a time when they are many (real models' vocabularies).
-    let chunk = student.row_chunk();
-    let grads = student.loss_and_grads_by_rows(batch, checkpoint, chunk, |logits, rows| {
+    let grads = student.loss_and_grads_by_rows(batch, checkpoint, |logits, rows| {
         let m = rows.len();
         let targets = targets.narrow(0, rows.start, m)?;
         let (l, kl, ce) = match &teacher_logits {
@@ -512,14 +511,9 @@ fn slice_pass(
                 (ce, 0.0, v)
             }
         };
-        // The losses are means over rows: a chunk's share is its mean times m / n.
-        let l = if m == n {
-            l
-        } else {
-            (l * (m as f64 / n as f64))?
-        };
+        // The chunk's means, weighted by its share of the rows as the gradients are.
         let share = m as f64 / n as f64;
-        parts.0 += loss::scalar(&l)?;
+        parts.0 += loss::scalar(&l)? * share;
         parts.1 += kl * share;
         parts.2 += ce * share;
         Ok((l * weight)?)

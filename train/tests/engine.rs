@@ -280,12 +280,12 @@ fn gradient_checkpointing_gives_the_plain_backward_pass() {
 
 /// The head and loss a chunk of learnt rows at a time (`loss_and_grads_by_rows`, for real
 /// models' vocabularies) gives every weight the gradient of the whole-batch loss, in f64: the
-/// distillation loss (a mean over rows, each chunk's share weighted by its rows) of the tied
+/// distillation loss (a mean over rows; the method weights each chunk's mean by its rows) of the tied
 /// Qwen2 student against the teacher's rows, with and without checkpointing, for chunks that
 /// do and do not divide the 11 learnt rows; and the chunks see the rows in order, once.
 #[test]
 fn row_chunks_give_the_whole_batch_gradients() {
-    let (student, teacher, seqs) = f64_pair();
+    let (mut student, teacher, seqs) = f64_pair();
     let batch = gappy_batch(&seqs, student.device());
     let n = batch.target_rows.len();
     assert_eq!(
@@ -294,29 +294,30 @@ fn row_chunks_give_the_whole_batch_gradients() {
     );
     let tl = teacher.target_logits_no_grad(&batch).unwrap();
     let targets = batch.target_ids_tensor(student.device()).unwrap();
-    let grads = |checkpoint: bool, chunk: usize| {
+    let grads = |m: &TrainModel, checkpoint: bool| {
         let mut seen = Vec::new();
-        let g = student
-            .loss_and_grads_by_rows(&batch, checkpoint, chunk, |z, rows| {
+        let g = m
+            .loss_and_grads_by_rows(&batch, checkpoint, |z, rows| {
                 seen.extend(rows.clone());
-                let m = rows.len();
+                let k = rows.len();
                 let d = train::loss::distill_loss_rows(
-                    &tl.narrow(0, rows.start, m)?,
+                    &tl.narrow(0, rows.start, k)?,
                     z,
-                    &targets.narrow(0, rows.start, m)?,
+                    &targets.narrow(0, rows.start, k)?,
                     0.5,
                 )?;
-                Ok((d.loss * (m as f64 / n as f64))?)
+                Ok(d.loss)
             })
             .unwrap();
-        assert_eq!(seen, (0..n).collect::<Vec<_>>(), "chunk {chunk}");
+        assert_eq!(seen, (0..n).collect::<Vec<_>>(), "chunk {}", m.row_chunk());
         g
     };
-    let whole = grads(false, usize::MAX);
+    let whole = grads(&student, false);
     let vars = student.named_vars();
     for checkpoint in [false, true] {
         for chunk in [1, 5, n] {
-            let g = grads(checkpoint, chunk);
+            student.set_row_chunk(Some(chunk));
+            let g = grads(&student, checkpoint);
             for (name, var) in &vars {
                 let (a, b) = (whole.get(var.as_tensor()), g.get(var.as_tensor()));
                 let (Some(a), Some(b)) = (a, b) else {
@@ -330,6 +331,7 @@ fn row_chunks_give_the_whole_batch_gradients() {
             }
         }
     }
+    student.set_row_chunk(None);
     // The chunk size follows the vocabulary: every row of a tiny model fits one chunk.
     assert!(student.row_chunk() >= 4096, "{}", student.row_chunk());
 }

@@ -564,13 +564,10 @@ fn micro_pass(
     let mut stats = (0.0, 0.0, 0.0, 0.0);
     // The policy's logits at generated positions only (the losses read no other position), a
     // chunk of rows at a time when they are many (real models' vocabularies). Every term is a
-    // mean over the rows: a chunk's share is its mean times m / n.
-    let chunk = student.row_chunk();
-    let actor = student.loss_and_grads_by_rows(
-        &batch,
-        cfg.gradient_checkpointing,
-        chunk,
-        |logits, r| {
+    // mean over the rows, as `loss_and_grads_by_rows` wants; the statistics are weighted by the
+    // chunk's share of the rows as its gradients are.
+    let actor =
+        student.loss_and_grads_by_rows(&batch, cfg.gradient_checkpointing, |logits, r| {
             let (m, share) = (r.len(), r.len() as f64 / n as f64);
             let part = |t: &Tensor| t.narrow(0, r.start, m);
             let logp = row_logprobs(logits, &part(&targets)?)?;
@@ -591,10 +588,8 @@ fn micro_pass(
             stats.1 += scalar(&ent)? * share;
             stats.2 += pl.clip_frac * share;
             stats.3 += pl.approx_kl * share;
-            let loss = if m == n { loss } else { (loss * share)? };
             Ok((loss / nm)?)
-        },
-    )?;
+        })?;
     let (policy_loss, entropy, clip_frac, approx_kl) = stats;
     let critic = match critic {
         Some(c) => {
