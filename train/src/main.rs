@@ -451,9 +451,7 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
     // Refused (an unknown name, a build without CUDA) before anything is read or trained.
     let placement = Placement::parse(&cli.device, &cli.dtype)?;
     let mut cfg = train_config(cli)?;
-    cfg.gradient_checkpointing = cli
-        .gradient_checkpointing
-        .unwrap_or(!cli.tiny_defaults(student));
+    cfg.gradient_checkpointing = gradient_checkpointing(cli, cli.tiny_defaults(student));
     if cli.tiny_defaults(student) && cli.train_threads.is_none() {
         // Single-threaded kernels (above): the cores share each micro-batch instead.
         cfg.threads = train::phases::default_concurrency();
@@ -711,6 +709,13 @@ fn kd_name_swaps(
     Ok(Some(train::synth::name_swap::SwapCopies { swap, copies }))
 }
 
+/// `--gradient-checkpointing`, else on for models given as folders and off for the tiny
+/// presets, whose trajectories (at most 4 × 128 new tokens) keep every block's activations in
+/// memory easily. The same rule for SFT/KD and the PPO update.
+fn gradient_checkpointing(cli: &Cli, tiny: bool) -> bool {
+    cli.gradient_checkpointing.unwrap_or(!tiny)
+}
+
 /// RL settings: the paper's values, or (for the tiny presets) values sized for a laptop run;
 /// any flag given wins.
 fn rl_config(cli: &Cli, tiny: bool) -> Result<train::rl::RlConfig> {
@@ -731,12 +736,8 @@ fn rl_config(cli: &Cli, tiny: bool) -> Result<train::rl::RlConfig> {
         c.save_every = 10;
         // Single-threaded kernels (see `run`): the cores share the PPO update's micro-batches.
         c.update_threads = train::phases::default_concurrency();
-        // Trajectories of at most 4 × 128 new tokens: every block's activations fit.
-        c.gradient_checkpointing = false;
     }
-    c.gradient_checkpointing = cli
-        .gradient_checkpointing
-        .unwrap_or(c.gradient_checkpointing);
+    c.gradient_checkpointing = gradient_checkpointing(cli, tiny);
     c.steps = cli.rl_steps.unwrap_or(c.steps);
     c.questions_per_step = cli.questions_per_step.unwrap_or(c.questions_per_step);
     c.mini_batch = cli.rl_mini_batch.unwrap_or(c.mini_batch);
