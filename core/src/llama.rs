@@ -19,7 +19,6 @@ use crate::chat::ChatTemplate;
 use crate::model::gguf::GgufFile;
 use crate::model::{LanguageModel, LoadOptions, ModelInfo, Session};
 use crate::tokenizer::Tokenizer;
-use crate::tokenizer::gguf::tokenizer_from_gguf;
 use crate::{Error, Result};
 
 const BACKEND: &str = "llama.cpp";
@@ -68,27 +67,7 @@ impl LlamaModel {
         // clear errors before llama.cpp sees it, and gives us the tokenizer metadata.
         let file = GgufFile::open(path)?;
         let cfg = file.decoder_config()?;
-        let meta = tokenizer_from_gguf(file.metadata()).map_err(|e| e.in_file(path))?;
-        let mut eos: Vec<u32> = meta
-            .eos_id
-            .into_iter()
-            .chain(meta.eot_ids.iter().copied())
-            .collect();
-        eos.sort_unstable();
-        eos.dedup();
-        let inner = match &opts.tokenizer {
-            Some(p) => Tokenizer::from_file(p)?,
-            None => meta.tokenizer,
-        };
-        let id_text = |id: Option<u32>| id.and_then(|i| inner.id_to_token(i)).unwrap_or_default();
-        let template = match &meta.chat_template {
-            Some(src) => Some(
-                ChatTemplate::new(src, &id_text(meta.bos_id), &id_text(meta.eos_id))
-                    .map_err(|e| e.in_file(path))?,
-            ),
-            None => None,
-        };
-        let tokenizer = Tokenizer::new(inner, eos, meta.bos_id, meta.add_bos);
+        let (tokenizer, template) = file.chat_tokenizer(opts.tokenizer.as_deref())?;
         drop(file);
         let b = backend()?;
         let model =

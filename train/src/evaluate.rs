@@ -145,13 +145,7 @@ pub fn write_report(report: &EvalReport, out: &Path) -> Result<String> {
 
 /// A short EM table: one row per model, columns overall and per data source.
 pub fn em_table(report: &EvalReport) -> String {
-    let mut sources: Vec<&String> = report
-        .models
-        .iter()
-        .flat_map(|m| m.by_source.keys())
-        .collect();
-    sources.sort();
-    sources.dedup();
+    let sources = report.sources();
     let mut s = String::from("| model | n | EM |");
     for src in &sources {
         s.push_str(&format!(" EM {src} |"));

@@ -263,6 +263,21 @@ pub struct EvalReport {
     pub models: Vec<ModelReport>,
 }
 
+impl EvalReport {
+    /// The data sources any model was scored on, sorted and without repeats: the columns of
+    /// the tables and the groups of the chart.
+    pub fn sources(&self) -> Vec<&String> {
+        let mut sources: Vec<&String> = self
+            .models
+            .iter()
+            .flat_map(|m| m.by_source.keys())
+            .collect();
+        sources.sort();
+        sources.dedup();
+        sources
+    }
+}
+
 /// One sentence describing the evidence-given protocol, stored with every report.
 pub const EVIDENCE_PROTOCOL: &str = "Source Referencing / Thinking (our definition; the paper's protocol text is not public): \
 the assistant turn starts with <information>Doc 1(Title: ...) ...</information> holding the first passage that contains a golden answer \
@@ -446,13 +461,7 @@ pub fn markdown_table(report: &EvalReport) -> String {
     let mut s = String::new();
     s.push_str("| dataset | model | n | EM | cover-EM | F1 | Hit ratio | Hit (norm.) | Search steps | EM w/o think | EM w/ think | Δ think | evidence n | invalid rate | copied answers | repeated queries | tokens/q | s/q |\n");
     s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    let mut sources: Vec<&String> = report
-        .models
-        .iter()
-        .flat_map(|m| m.by_source.keys())
-        .collect();
-    sources.sort();
-    sources.dedup();
+    let sources = report.sources();
     let row = |s: &mut String, dataset: &str, model: &str, x: &Summary| {
         s.push_str(&format!(
             "| {dataset} | {model} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.0} | {:.2} |\n",

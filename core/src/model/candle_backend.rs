@@ -8,7 +8,7 @@ use super::decoder::{Decoder, KvCache, Ops};
 use super::gguf::GgufFile;
 use super::{LanguageModel, LoadOptions, ModelInfo, Session};
 use crate::chat::{ChatTemplate, template_from_tokenizer_config};
-use crate::tokenizer::{Tokenizer, gguf::tokenizer_from_gguf};
+use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
 /// A model run by candle on the CPU.
@@ -128,32 +128,7 @@ impl CandleModel {
         let device = Device::Cpu;
         let mut file = GgufFile::open(path)?;
         let decoder = file.load_decoder(&device, opts.max_context)?;
-        let meta = tokenizer_from_gguf(file.metadata()).map_err(|e| e.in_file(path))?;
-        let mut eos: Vec<u32> = meta
-            .eos_id
-            .into_iter()
-            .chain(meta.eot_ids.iter().copied())
-            .collect();
-        eos.sort_unstable();
-        eos.dedup();
-        let inner = match &opts.tokenizer {
-            Some(p) => Tokenizer::from_file(p)?,
-            None => meta.tokenizer,
-        };
-        let id_text = |id: Option<u32>| {
-            id.and_then(|i| inner.id_to_token(i))
-                .map(|s| s.to_string())
-                .unwrap_or_default()
-        };
-        let bos_text = id_text(meta.bos_id);
-        let eos_text = id_text(meta.eos_id);
-        let template = match &meta.chat_template {
-            Some(src) => {
-                Some(ChatTemplate::new(src, &bos_text, &eos_text).map_err(|e| e.in_file(path))?)
-            }
-            None => None,
-        };
-        let tokenizer = Tokenizer::new(inner, eos, meta.bos_id, meta.add_bos);
+        let (tokenizer, template) = file.chat_tokenizer(opts.tokenizer.as_deref())?;
         let cfg = decoder.config();
         let info = ModelInfo {
             arch: cfg.arch,

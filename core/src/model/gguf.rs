@@ -18,6 +18,9 @@ use candle_core::{DType, Device};
 use super::decoder::{
     Arch, Block, Decoder, DecoderConfig, Embedding, Linear, Ops, RopeStyle, Weights,
 };
+use crate::chat::ChatTemplate;
+use crate::tokenizer::Tokenizer;
+use crate::tokenizer::gguf::tokenizer_from_gguf;
 use crate::{Error, Result};
 
 /// An opened GGUF file: parsed header and metadata, tensors not yet read.
@@ -62,6 +65,42 @@ impl GgufFile {
     /// All metadata.
     pub fn metadata(&self) -> &HashMap<String, Value> {
         &self.content.metadata
+    }
+
+    /// The tokenizer and chat template a backend serves this file with. The tokenizer is
+    /// rebuilt from the metadata, or read from `tokenizer_json` when given (the metadata still
+    /// names BOS/EOS and the template). Every end-of-generation id (EOS, EOT, EOM and the
+    /// known end-of-turn control tokens) stops generation, because chat models end their
+    /// turn with one of those rather than with EOS.
+    pub fn chat_tokenizer(
+        &self,
+        tokenizer_json: Option<&Path>,
+    ) -> Result<(Tokenizer, Option<ChatTemplate>)> {
+        let path = self.path.as_path();
+        let meta = tokenizer_from_gguf(self.metadata()).map_err(|e| e.in_file(path))?;
+        let mut eos: Vec<u32> = meta
+            .eos_id
+            .into_iter()
+            .chain(meta.eot_ids.iter().copied())
+            .collect();
+        eos.sort_unstable();
+        eos.dedup();
+        let inner = match tokenizer_json {
+            Some(p) => Tokenizer::from_file(p)?,
+            None => meta.tokenizer,
+        };
+        let id_text = |id: Option<u32>| id.and_then(|i| inner.id_to_token(i)).unwrap_or_default();
+        let template = match &meta.chat_template {
+            Some(src) => Some(
+                ChatTemplate::new(src, &id_text(meta.bos_id), &id_text(meta.eos_id))
+                    .map_err(|e| e.in_file(path))?,
+            ),
+            None => None,
+        };
+        Ok((
+            Tokenizer::new(inner, eos, meta.bos_id, meta.add_bos),
+            template,
+        ))
     }
 
     /// Whether a tensor is present.
