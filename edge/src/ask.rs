@@ -31,15 +31,8 @@ pub struct AskArgs {
     /// Backend: auto, candle or llama.
     #[arg(long, default_value = "auto")]
     pub backend: String,
-    /// Search turns before the final answer-only turn.
-    #[arg(long, default_value_t = 4)]
-    pub max_turns: usize,
-    /// Passages per search.
-    #[arg(long, default_value_t = 3)]
-    pub topk: usize,
-    /// New-token cap per turn.
-    #[arg(long, default_value_t = 500)]
-    pub max_turn_tokens: usize,
+    #[command(flatten)]
+    pub turns: TurnArgs,
     /// Sampling temperature (0 = greedy).
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
@@ -55,11 +48,49 @@ pub struct AskArgs {
     /// Print the trace as one JSON object instead of the live view.
     #[arg(long)]
     pub json: bool,
-    /// Do not wrap the prompt in the model's chat template.
-    #[arg(long)]
-    pub no_chat_template: bool,
     /// The question.
     pub question: String,
+}
+
+/// The agent loop's settings that `ask` and `eval` share (Search-R1's defaults).
+#[derive(Args, Debug, Clone)]
+pub struct TurnArgs {
+    /// Search turns before the final answer-only turn.
+    #[arg(long, default_value_t = 4)]
+    pub max_turns: usize,
+    /// Passages per search.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
+    pub topk: usize,
+    /// New-token cap per turn.
+    #[arg(long, default_value_t = 500, value_parser = at_least_one)]
+    pub max_turn_tokens: usize,
+    /// Do not wrap prompts in the model's chat template.
+    #[arg(long)]
+    pub no_chat_template: bool,
+}
+
+/// A count flag that must be 1 or more: refused by clap with the flag named, before a model
+/// is loaded.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be 1 or more".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl TurnArgs {
+    /// The agent configuration these flags give; sampling stays greedy unless the caller
+    /// sets it.
+    pub fn agent_config(&self) -> AgentConfig {
+        AgentConfig {
+            max_turns: self.max_turns,
+            topk: self.topk,
+            max_turn_tokens: self.max_turn_tokens,
+            chat_template: !self.no_chat_template,
+            ..AgentConfig::default()
+        }
+    }
 }
 
 /// Open the retriever named on the command line (a disk index, or a corpus searched in memory)
@@ -99,16 +130,12 @@ pub fn run(args: AskArgs) -> Result<()> {
     let model = dgpo_core::model::load(&args.model, &opts)?;
     let retriever = open_retriever(args.corpus.as_ref(), args.index.as_ref())?;
     let cfg = AgentConfig {
-        max_turns: args.max_turns,
-        topk: args.topk,
-        max_turn_tokens: args.max_turn_tokens,
         sampling: SamplingParams {
             temperature: args.temperature,
             top_p: args.top_p,
             seed: args.seed,
         },
-        chat_template: !args.no_chat_template,
-        ..AgentConfig::default()
+        ..args.turns.agent_config()
     };
     let agent = Agent::new(model.as_ref(), retriever.as_ref(), cfg);
     let live = !args.json;

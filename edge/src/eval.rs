@@ -9,9 +9,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::ask::TurnArgs;
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use dgpo_core::agent::AgentConfig;
 use dgpo_core::corpus::Passage;
 use dgpo_core::eval::{EvalConfig, EvalReport, NamedModel, Summary, evaluate, markdown_table};
 use dgpo_core::model::{BackendKind, LanguageModel, LoadOptions};
@@ -51,15 +51,8 @@ pub struct EvalArgs {
     /// Output folder.
     #[arg(long, default_value = "eval-out")]
     pub out: PathBuf,
-    /// Search turns before the final answer-only turn.
-    #[arg(long, default_value_t = 4)]
-    pub max_turns: usize,
-    /// Passages per search.
-    #[arg(long, default_value_t = 3)]
-    pub topk: usize,
-    /// New-token cap per turn.
-    #[arg(long, default_value_t = 500)]
-    pub max_turn_tokens: usize,
+    #[command(flatten)]
+    pub turns: TurnArgs,
     /// Retriever results scanned for an evidence passage.
     #[arg(long, default_value_t = 20)]
     pub evidence_depth: usize,
@@ -69,9 +62,6 @@ pub struct EvalArgs {
     /// CPU threads (llama.cpp backend).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Do not wrap prompts in the models' chat templates.
-    #[arg(long)]
-    pub no_chat_template: bool,
 }
 
 /// Report names: file stems, made unique.
@@ -166,13 +156,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         })
         .collect();
     let cfg = EvalConfig {
-        agent: AgentConfig {
-            max_turns: args.max_turns,
-            topk: args.topk,
-            max_turn_tokens: args.max_turn_tokens,
-            chat_template: !args.no_chat_template,
-            ..AgentConfig::default()
-        },
+        agent: args.turns.agent_config(),
         concurrency: args.concurrency,
         evidence: !args.no_evidence,
         evidence_depth: args.evidence_depth,
@@ -229,13 +213,7 @@ struct Category<'a> {
 }
 
 fn categories(report: &EvalReport) -> Vec<Category<'_>> {
-    let mut sources: Vec<&String> = report
-        .models
-        .iter()
-        .flat_map(|m| m.by_source.keys())
-        .collect();
-    sources.sort();
-    sources.dedup();
+    let sources = report.sources();
     let several = report.models.len() > 1;
     // Two label lines (dataset, then model) so that long model names do not run together.
     let label = |src: &str, model: &str| {

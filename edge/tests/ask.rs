@@ -128,4 +128,22 @@ fn bad_inputs_fail_with_a_message_naming_the_problem() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
+
+    // Counts of 0 are refused by flag name before the model is loaded.
+    for flag in ["--topk", "--max-turn-tokens"] {
+        let out = edge()
+            .args(["ask", "--model"])
+            .arg(&missing)
+            .arg("--corpus")
+            .arg(&c)
+            .args([flag, "0", "q"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(flag) && err.contains("must be 1 or more") && !err.contains("nope.gguf"),
+            "{err}"
+        );
+    }
 }

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use dgpo_core::agent::AgentConfig;
 use dgpo_core::model::Placement;
 use dgpo_core::model::export::{Quant, export_gguf};
 use train::evaluate::{EvalOptions, em_table, evaluate_models, write_report};
@@ -148,7 +149,7 @@ struct Cli {
     max_questions: Option<usize>,
     /// New-token cap per agent turn: KD's generations, RL's rollouts and the evaluations
     /// [default: 500; `all` and `rl` with the tiny defaults: 128].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     max_turn_tokens: Option<usize>,
     /// Corpus JSONL searched with BM25 (default: the data folder's corpus.jsonl).
     #[arg(long)]
@@ -240,8 +241,15 @@ enum Cmd {
         #[arg(long, default_value = "f32")]
         dtype: String,
         /// New-token cap per agent turn (the demo evaluates the tiny presets at 128).
-        #[arg(long, default_value_t = dgpo_core::agent::AgentConfig::default().max_turn_tokens)]
+        #[arg(long, default_value_t = AgentConfig::default().max_turn_tokens,
+              value_parser = at_least_one)]
         max_turn_tokens: usize,
+        /// Search turns before the final answer-only turn.
+        #[arg(long, default_value_t = AgentConfig::default().max_turns)]
+        max_turns: usize,
+        /// Passages per search.
+        #[arg(long, default_value_t = AgentConfig::default().topk, value_parser = at_least_one)]
+        topk: usize,
     },
     /// Import a GGUF file as a trainable HF folder (dequantised weights, config, tokenizer,
     /// chat template): the inverse of `export`.
@@ -337,6 +345,8 @@ fn main() -> Result<()> {
             device,
             dtype,
             max_turn_tokens,
+            max_turns,
+            topk,
         }) => {
             let ds = DataSet::resolve(data, &root("DATA_ROOT", "data"))?;
             let exp_root = root("EXP_ROOT", "exp");
@@ -352,8 +362,10 @@ fn main() -> Result<()> {
                 evidence: !no_evidence,
                 concurrency: concurrency.unwrap_or_else(train::phases::default_concurrency),
                 placement: Placement::parse(device, dtype)?,
-                agent: dgpo_core::agent::AgentConfig {
+                agent: AgentConfig {
                     max_turn_tokens: *max_turn_tokens,
+                    max_turns: *max_turns,
+                    topk: *topk,
                     ..Default::default()
                 },
             };
@@ -377,6 +389,16 @@ fn main() -> Result<()> {
             };
             run(&cli, data, student, teacher, exp)
         }
+    }
+}
+
+/// A count flag that must be 1 or more: refused by clap with the flag named, before anything
+/// is loaded or written.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be 1 or more".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -495,8 +517,8 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
             let concurrency = cli
                 .concurrency
                 .unwrap_or_else(train::phases::default_concurrency);
-            let default_agent = dgpo_core::agent::AgentConfig::default();
-            let kd_agent = dgpo_core::agent::AgentConfig {
+            let default_agent = AgentConfig::default();
+            let kd_agent = AgentConfig {
                 max_turn_tokens: cli.max_turn_tokens.unwrap_or(default_agent.max_turn_tokens),
                 ..default_agent
             };
@@ -580,7 +602,7 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
             let concurrency = cli
                 .concurrency
                 .unwrap_or_else(train::phases::default_concurrency);
-            let agent = dgpo_core::agent::AgentConfig {
+            let agent = AgentConfig {
                 max_turn_tokens: rl.max_turn_tokens,
                 ..Default::default()
             };

@@ -420,6 +420,47 @@ fn kd_sgo_end_to_end_builds_presets_and_evaluates() {
     assert_success(&out);
     let again = std::fs::read(root.join("presets/synth/tiny-teacher/model.safetensors")).unwrap();
     assert!(again == w, "the cached teacher preset was rebuilt");
+
+    // `train eval` hands its agent flags to the loop: with no search turn nothing is searched,
+    // and the report records the settings used.
+    let ev = tmp.path().join("eval-no-search");
+    let out = Command::new(env!("CARGO_BIN_EXE_train"))
+        .arg("eval")
+        .arg(&data)
+        .arg(exp.join("final"))
+        .args(["--limit", "2", "--no-evidence", "--max-turns", "0"])
+        .args(["--topk", "2", "--max-turn-tokens", "16", "--out"])
+        .arg(&ev)
+        .env("EXP_ROOT", &root)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ev.join("results.json")).unwrap()).unwrap();
+    let agent = &report["config"]["agent"];
+    assert_eq!(
+        (
+            &agent["max_turns"],
+            &agent["topk"],
+            &agent["max_turn_tokens"]
+        ),
+        (&0.into(), &2.into(), &16.into())
+    );
+    let overall = &report["models"][0]["overall"];
+    assert_eq!(overall["n"], 2);
+    assert_eq!(overall["search_steps"], 0.0);
+    // A count of 0 is refused by name before anything runs.
+    let out = Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(["eval", "synth", "tiny", "--topk", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--topk") && err.contains("must be 1 or more"),
+        "{err}"
+    );
 }
 
 /// TGO through the CLI with a teacher that never answers correctly: nothing to distil, said
