@@ -85,6 +85,25 @@ fn data<'a, T: candle_core::WithDType>(
     }
 }
 
+/// Evaluate a kernel's body in the float type of `$storage` and wrap its `Vec` as storage of
+/// that type: `$t` names the type (f32 or f64) inside `$body`. Other dtypes are refused with
+/// `$what` named. One place for the dispatch that every op's `cpu_fwd` needs.
+macro_rules! in_float_type {
+    ($storage:expr, $what:expr, $t:ident => $body:expr) => {
+        match $storage {
+            CpuStorage::F32(_) => {
+                type $t = f32;
+                <$t as WithDType>::to_cpu_storage_owned($body)
+            }
+            CpuStorage::F64(_) => {
+                type $t = f64;
+                <$t as WithDType>::to_cpu_storage_owned($body)
+            }
+            _ => candle_core::bail!("{}: f32 or f64 only", $what),
+        }
+    };
+}
+
 /// Run `f(row_index, row)` over the `row`-sized rows of `out`, on candle's thread count when
 /// the work is large enough to pay for the threads (the training presets run one thread per
 /// data-parallel slice, so this is serial there).
@@ -110,6 +129,32 @@ fn for_rows<T: Send>(out: &mut [T], row: usize, f: impl Fn(usize, &mut [T]) + Sy
             });
         }
     });
+}
+
+/// The backward kernels' loop over the rows of (b, t, v) logits: `f(row, r, g[r], out_row)`
+/// for each row whose position `j < n` has a non-zero incoming gradient, with `r = bi · n + j`
+/// its index in the (b, n) output. Every other row's gradient stays 0, so padded and masked
+/// positions cost one comparison.
+fn for_gradient_rows<T: Real>(
+    len: usize,
+    g: &[T],
+    dims: &[usize],
+    n: usize,
+    f: impl Fn(usize, usize, T, &mut [T]) + Sync,
+) -> Vec<T> {
+    let (t, v) = (dims[1], dims[2]);
+    let mut out = vec![T::zero(); len];
+    for_rows(&mut out, v, |row, o| {
+        let (bi, j) = (row / t, row % t);
+        if j >= n {
+            return;
+        }
+        let r = bi * n + j;
+        if g[r] != T::zero() {
+            f(row, r, g[r], o);
+        }
+    });
+    out
 }
 
 /// Row maximum and `ln Σ exp(z − max)`; the row's log-sum-exp is their sum.
@@ -200,21 +245,12 @@ impl CustomOp2 for MaskedSoftmax {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dims = l1.shape().dims();
-        let out = match s1 {
-            CpuStorage::F32(_) => f32::to_cpu_storage_owned(masked_softmax_rows(
-                data::<f32>(s1, l1, "scores")?,
-                data::<f32>(s2, l2, "mask")?,
-                dims,
-                self.scale,
-            )),
-            CpuStorage::F64(_) => f64::to_cpu_storage_owned(masked_softmax_rows(
-                data::<f64>(s1, l1, "scores")?,
-                data::<f64>(s2, l2, "mask")?,
-                dims,
-                self.scale,
-            )),
-            _ => candle_core::bail!("masked softmax: f32 or f64 scores only"),
-        };
+        let out = in_float_type!(s1, "masked softmax", T => masked_softmax_rows(
+            data::<T>(s1, l1, "scores")?,
+            data::<T>(s2, l2, "mask")?,
+            dims,
+            self.scale,
+        ));
         Ok((out, l1.shape().clone()))
     }
 
@@ -264,21 +300,12 @@ impl CustomOp2 for SoftmaxGrad {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let s = *l1.shape().dims().last().unwrap_or(&1);
-        let out = match s1 {
-            CpuStorage::F32(_) => f32::to_cpu_storage_owned(softmax_grad_rows(
-                data::<f32>(s1, l1, "softmax")?,
-                data::<f32>(s2, l2, "gradient")?,
-                s,
-                self.scale,
-            )),
-            CpuStorage::F64(_) => f64::to_cpu_storage_owned(softmax_grad_rows(
-                data::<f64>(s1, l1, "softmax")?,
-                data::<f64>(s2, l2, "gradient")?,
-                s,
-                self.scale,
-            )),
-            _ => candle_core::bail!("softmax gradient: f32 or f64 only"),
-        };
+        let out = in_float_type!(s1, "softmax gradient", T => softmax_grad_rows(
+            data::<T>(s1, l1, "softmax")?,
+            data::<T>(s2, l2, "gradient")?,
+            s,
+            self.scale,
+        ));
         Ok((out, l1.shape().clone()))
     }
 }
@@ -359,21 +386,12 @@ impl CustomOp2 for TargetLogProb {
         let y = data::<u32>(s2, l2, "targets")?;
         let tdims = l2.shape().dims();
         let (dims, n) = (l1.shape().dims(), tdims[1]);
-        let out = match s1 {
-            CpuStorage::F32(_) => f32::to_cpu_storage_owned(target_logprob_rows(
-                data::<f32>(s1, l1, "logits")?,
-                y,
-                dims,
-                n,
-            )),
-            CpuStorage::F64(_) => f64::to_cpu_storage_owned(target_logprob_rows(
-                data::<f64>(s1, l1, "logits")?,
-                y,
-                dims,
-                n,
-            )),
-            _ => candle_core::bail!("target log-probs: f32 or f64 logits only"),
-        };
+        let out = in_float_type!(s1, "target log-probs", T => target_logprob_rows(
+            data::<T>(s1, l1, "logits")?,
+            y,
+            dims,
+            n,
+        ));
         Ok((out, l2.shape().clone()))
     }
 
@@ -399,18 +417,8 @@ fn target_logprob_grad_rows<T: Real>(
     dims: &[usize],
     n: usize,
 ) -> Vec<T> {
-    let (t, v) = (dims[1], dims[2]);
-    let mut out = vec![T::zero(); z.len()];
-    for_rows(&mut out, v, |row, o| {
-        let (bi, j) = (row / t, row % t);
-        if j >= n {
-            return;
-        }
-        let r = bi * n + j;
-        let gr = g[r];
-        if gr == T::zero() {
-            return;
-        }
+    let v = dims[2];
+    for_gradient_rows(z.len(), g, dims, n, |row, r, gr, o| {
         let zr = &z[row * v..(row + 1) * v];
         let (m, ls) = max_and_log_sum(zr);
         let lse = m + ls;
@@ -418,8 +426,7 @@ fn target_logprob_grad_rows<T: Real>(
             o[k] = -gr * (zr[k] - lse).exp();
         }
         o[y[r] as usize] += gr;
-    });
-    out
+    })
 }
 
 impl CustomOp3 for TargetLogProbGrad {
@@ -438,23 +445,13 @@ impl CustomOp3 for TargetLogProbGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let y = data::<u32>(s2, l2, "targets")?;
         let (dims, n) = (l1.shape().dims(), l2.shape().dims()[1]);
-        let out = match s1 {
-            CpuStorage::F32(_) => f32::to_cpu_storage_owned(target_logprob_grad_rows(
-                data::<f32>(s1, l1, "logits")?,
-                y,
-                data::<f32>(s3, l3, "gradient")?,
-                dims,
-                n,
-            )),
-            CpuStorage::F64(_) => f64::to_cpu_storage_owned(target_logprob_grad_rows(
-                data::<f64>(s1, l1, "logits")?,
-                y,
-                data::<f64>(s3, l3, "gradient")?,
-                dims,
-                n,
-            )),
-            _ => candle_core::bail!("target log-prob gradient: f32 or f64 only"),
-        };
+        let out = in_float_type!(s1, "target log-prob gradient", T => target_logprob_grad_rows(
+            data::<T>(s1, l1, "logits")?,
+            y,
+            data::<T>(s3, l3, "gradient")?,
+            dims,
+            n,
+        ));
         Ok((out, l1.shape().clone()))
     }
 }
@@ -515,21 +512,12 @@ impl CustomOp2 for ForwardKl {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dims = l1.shape().dims();
-        let out = match s1 {
-            CpuStorage::F32(_) => f32::to_cpu_storage_owned(forward_kl_rows(
-                data::<f32>(s1, l1, "student logits")?,
-                data::<f32>(s2, l2, "teacher logits")?,
-                dims,
-                self.n,
-            )),
-            CpuStorage::F64(_) => f64::to_cpu_storage_owned(forward_kl_rows(
-                data::<f64>(s1, l1, "student logits")?,
-                data::<f64>(s2, l2, "teacher logits")?,
-                dims,
-                self.n,
-            )),
-            _ => candle_core::bail!("forward KL: f32 or f64 logits only"),
-        };
+        let out = in_float_type!(s1, "forward KL", T => forward_kl_rows(
+            data::<T>(s1, l1, "student logits")?,
+            data::<T>(s2, l2, "teacher logits")?,
+            dims,
+            self.n,
+        ));
         Ok((out, Shape::from((self.b, self.n))))
     }
 
@@ -552,17 +540,8 @@ struct ForwardKlGrad {
 }
 
 fn forward_kl_grad_rows<T: Real>(s: &[T], te: &[T], g: &[T], dims: &[usize], n: usize) -> Vec<T> {
-    let (t, v) = (dims[1], dims[2]);
-    let mut out = vec![T::zero(); s.len()];
-    for_rows(&mut out, v, |row, o| {
-        let (bi, j) = (row / t, row % t);
-        if j >= n {
-            return;
-        }
-        let gr = g[bi * n + j];
-        if gr == T::zero() {
-            return;
-        }
+    let v = dims[2];
+    for_gradient_rows(s.len(), g, dims, n, |row, _, gr, o| {
         let (sr, tr) = (&s[row * v..(row + 1) * v], &te[row * v..(row + 1) * v]);
         let (sm, sl) = max_and_log_sum(sr);
         let (tm, tl) = max_and_log_sum(tr);
@@ -570,8 +549,7 @@ fn forward_kl_grad_rows<T: Real>(s: &[T], te: &[T], g: &[T], dims: &[usize], n: 
         for k in 0..v {
             o[k] = gr * ((sr[k] - s_lse).exp() - (tr[k] - t_lse).exp());
         }
-    });
-    out
+    })
 }
 
 impl CustomOp3 for ForwardKlGrad {
@@ -589,23 +567,13 @@ impl CustomOp3 for ForwardKlGrad {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dims = l1.shape().dims();
-        let out = match s1 {
-            CpuStorage::F32(_) => f32::to_cpu_storage_owned(forward_kl_grad_rows(
-                data::<f32>(s1, l1, "student logits")?,
-                data::<f32>(s2, l2, "teacher logits")?,
-                data::<f32>(s3, l3, "gradient")?,
-                dims,
-                self.n,
-            )),
-            CpuStorage::F64(_) => f64::to_cpu_storage_owned(forward_kl_grad_rows(
-                data::<f64>(s1, l1, "student logits")?,
-                data::<f64>(s2, l2, "teacher logits")?,
-                data::<f64>(s3, l3, "gradient")?,
-                dims,
-                self.n,
-            )),
-            _ => candle_core::bail!("forward KL gradient: f32 or f64 only"),
-        };
+        let out = in_float_type!(s1, "forward KL gradient", T => forward_kl_grad_rows(
+            data::<T>(s1, l1, "student logits")?,
+            data::<T>(s2, l2, "teacher logits")?,
+            data::<T>(s3, l3, "gradient")?,
+            dims,
+            self.n,
+        ));
         Ok((out, l1.shape().clone()))
     }
 }
@@ -646,15 +614,11 @@ impl CustomOp1 for Entropy {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let dims = l.shape().dims();
-        let out = match s {
-            CpuStorage::F32(_) => {
-                f32::to_cpu_storage_owned(entropy_rows(data::<f32>(s, l, "logits")?, dims, self.n))
-            }
-            CpuStorage::F64(_) => {
-                f64::to_cpu_storage_owned(entropy_rows(data::<f64>(s, l, "logits")?, dims, self.n))
-            }
-            _ => candle_core::bail!("entropy: f32 or f64 logits only"),
-        };
+        let out = in_float_type!(s, "entropy", T => entropy_rows(
+            data::<T>(s, l, "logits")?,
+            dims,
+            self.n,
+        ));
         Ok((out, Shape::from((self.b, self.n))))
     }
 
@@ -675,18 +639,8 @@ struct EntropyGrad {
 }
 
 fn entropy_grad_rows<T: Real>(z: &[T], h: &[T], g: &[T], dims: &[usize], n: usize) -> Vec<T> {
-    let (t, v) = (dims[1], dims[2]);
-    let mut out = vec![T::zero(); z.len()];
-    for_rows(&mut out, v, |row, o| {
-        let (bi, j) = (row / t, row % t);
-        if j >= n {
-            return;
-        }
-        let r = bi * n + j;
-        let gr = g[r];
-        if gr == T::zero() {
-            return;
-        }
+    let v = dims[2];
+    for_gradient_rows(z.len(), g, dims, n, |row, r, gr, o| {
         let zr = &z[row * v..(row + 1) * v];
         let (m, ls) = max_and_log_sum(zr);
         let lse = m + ls;
@@ -694,8 +648,7 @@ fn entropy_grad_rows<T: Real>(z: &[T], h: &[T], g: &[T], dims: &[usize], n: usiz
             let lp = zr[k] - lse;
             o[k] = -gr * lp.exp() * (lp + h[r]);
         }
-    });
-    out
+    })
 }
 
 impl CustomOp3 for EntropyGrad {
@@ -713,23 +666,13 @@ impl CustomOp3 for EntropyGrad {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dims = l1.shape().dims();
-        let out = match s1 {
-            CpuStorage::F32(_) => f32::to_cpu_storage_owned(entropy_grad_rows(
-                data::<f32>(s1, l1, "logits")?,
-                data::<f32>(s2, l2, "entropy")?,
-                data::<f32>(s3, l3, "gradient")?,
-                dims,
-                self.n,
-            )),
-            CpuStorage::F64(_) => f64::to_cpu_storage_owned(entropy_grad_rows(
-                data::<f64>(s1, l1, "logits")?,
-                data::<f64>(s2, l2, "entropy")?,
-                data::<f64>(s3, l3, "gradient")?,
-                dims,
-                self.n,
-            )),
-            _ => candle_core::bail!("entropy gradient: f32 or f64 only"),
-        };
+        let out = in_float_type!(s1, "entropy gradient", T => entropy_grad_rows(
+            data::<T>(s1, l1, "logits")?,
+            data::<T>(s2, l2, "entropy")?,
+            data::<T>(s3, l3, "gradient")?,
+            dims,
+            self.n,
+        ));
         Ok((out, l1.shape().clone()))
     }
 }
