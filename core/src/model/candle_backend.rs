@@ -107,20 +107,7 @@ impl CandleModel {
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
         let tokenizer = Tokenizer::new(inner, eos, bos_id, add_bos);
-        let cfg = decoder.config();
-        let info = ModelInfo {
-            arch: cfg.arch,
-            backend: "candle".into(),
-            path: dir.to_path_buf(),
-            context_length: cfg.max_position,
-            vocab_size: cfg.vocab_size,
-        };
-        Ok(CandleModel {
-            decoder,
-            tokenizer,
-            template,
-            info,
-        })
+        Ok(CandleModel::new(decoder, tokenizer, template, dir))
     }
 
     /// Load a GGUF file; the tokenizer comes from `opts.tokenizer` or the GGUF metadata.
@@ -129,6 +116,17 @@ impl CandleModel {
         let mut file = GgufFile::open(path)?;
         let decoder = file.load_decoder(&device, opts.max_context)?;
         let (tokenizer, template) = file.chat_tokenizer(opts.tokenizer.as_deref())?;
+        Ok(CandleModel::new(decoder, tokenizer, template, path))
+    }
+
+    /// A model of a loaded decoder; its info (context, vocabulary) comes from the decoder's
+    /// config, whatever file it was read from.
+    fn new(
+        decoder: Decoder,
+        tokenizer: Tokenizer,
+        template: Option<ChatTemplate>,
+        path: &Path,
+    ) -> CandleModel {
         let cfg = decoder.config();
         let info = ModelInfo {
             arch: cfg.arch,
@@ -137,12 +135,12 @@ impl CandleModel {
             context_length: cfg.max_position,
             vocab_size: cfg.vocab_size,
         };
-        Ok(CandleModel {
+        CandleModel {
             decoder,
             tokenizer,
             template,
             info,
-        })
+        }
     }
 
     /// The decoder (for scoring and training code that needs tensors).
