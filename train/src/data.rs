@@ -1,10 +1,9 @@
-//! Question sets in Search-R1's schema: JSONL rows `{id, question, golden_answers, data_source}`.
-//!
-//! Parquet files (Search-R1's own format) are not read yet; convert them to JSONL first.
+//! Question sets in Search-R1's schema: rows `{id, question, golden_answers, data_source}`, from
+//! JSONL or parquet (core's [`dgpo_core::data`] reads both).
 
 use std::path::Path;
 
-use dgpo_core::{Error, Result};
+use dgpo_core::Result;
 use serde::{Deserialize, Serialize};
 
 /// One question row.
@@ -20,62 +19,20 @@ pub struct QaRow {
     pub data_source: String,
 }
 
-/// Read a JSONL question file. A malformed row (not JSON, no `question`, no or empty
-/// `golden_answers`) is an error naming the file and its 1-based line; blank lines are skipped.
-/// Search-R1 rows keep `golden_answers` at the top level or under `reward_model.ground_truth.target`;
-/// both are accepted, and a numeric `id` is read as its decimal string.
+/// Read Search-R1 parquet or JSONL question rows through core's reader, the one every front
+/// end uses (a row without golden answers is refused with its file and line; a numeric `id`
+/// is read as its decimal string; a row without `data_source` is named after its file, as
+/// FlashRAG lays them out: `nq/test.jsonl` is `nq`).
 pub fn read_questions(path: &Path) -> Result<Vec<QaRow>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let err = |msg: String| Error::line(path, i + 1, msg);
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| err(format!("not valid JSON: {e}")))?;
-        let question = v
-            .get("question")
-            .and_then(|q| q.as_str())
-            .ok_or_else(|| err("missing string field \"question\"".into()))?
-            .to_string();
-        let answers = v
-            .get("golden_answers")
-            .or_else(|| v.pointer("/reward_model/ground_truth/target"))
-            .ok_or_else(|| err("missing field \"golden_answers\"".into()))?;
-        let golden_answers: Vec<String> = match answers {
-            serde_json::Value::String(s) => vec![s.clone()],
-            serde_json::Value::Array(a) => a
-                .iter()
-                .map(|x| {
-                    x.as_str()
-                        .map(String::from)
-                        .ok_or_else(|| err("\"golden_answers\" must hold strings".into()))
-                })
-                .collect::<Result<_>>()?,
-            _ => return Err(err("\"golden_answers\" must be a list of strings".into())),
-        };
-        if golden_answers.is_empty() {
-            return Err(err("\"golden_answers\" is empty".into()));
-        }
-        let id = match v.get("id") {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(serde_json::Value::Number(n)) => n.to_string(),
-            _ => format!("line{}", i + 1),
-        };
-        let data_source = v
-            .get("data_source")
-            .and_then(|d| d.as_str())
-            .unwrap_or("unknown")
-            .to_string();
-        out.push(QaRow {
-            id,
-            question,
-            golden_answers,
-            data_source,
-        });
-    }
-    Ok(out)
+    Ok(dgpo_core::data::load(path)?
+        .into_iter()
+        .map(|q| QaRow {
+            id: q.id,
+            question: q.question,
+            golden_answers: q.golden_answers,
+            data_source: q.data_source,
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use dgpo_core::sampling::SamplingParams;
 use dgpo_core::{Error, Result};
 
 use crate::checkpoint::{StepMetrics, list_checkpoints};
-use crate::data::QaRow;
+use crate::data::{QaRow, read_questions};
 use crate::model::{ModelOptions, TrainModel};
 use crate::synth::name_swap::SwapCopies;
 use crate::synth::prepare::{read_rollouts, write_rollouts};
@@ -272,22 +272,8 @@ impl DataSet {
                 "no train.parquet or train.jsonl in the dataset folder",
             )
         })?;
-        load_questions(p)
+        read_questions(p)
     }
-}
-
-/// Read Search-R1 parquet or JSONL rows through core's reader (which names the line of a row
-/// without golden answers) as [`QaRow`]s.
-pub fn load_questions(path: &Path) -> Result<Vec<QaRow>> {
-    Ok(dgpo_core::data::load(path)?
-        .into_iter()
-        .map(|q| QaRow {
-            id: q.id,
-            question: q.question,
-            golden_answers: q.golden_answers,
-            data_source: q.data_source,
-        })
-        .collect())
 }
 
 /// Where cold-start KD takes its trajectories from.
