@@ -40,12 +40,13 @@ struct Cli {
     /// Which phase to run: `all` (the replication: KD, then PPO, GRPO and DGPO, then the
     /// evaluation of every model; see `train::demo`), `sft` (CE on the data folder's
     /// trajectories.jsonl), `kd` (cold-start distillation, see --kd-source) or `rl` (one RL run
-    /// of the first of --algos from the student).
+    /// of --algo from the student, DGPO unless named).
     #[arg(long, default_value = "all")]
     phase: String,
-    /// RL algorithms (`all` and `rl`): comma-separated `ppo`, `grpo`, `dgpo`.
-    #[arg(long, default_value = "ppo,grpo,dgpo")]
-    algos: String,
+    /// RL algorithms, comma-separated `ppo`, `grpo`, `dgpo` [default: `all`: ppo,grpo,dgpo;
+    /// `rl`: dgpo, and `rl` runs exactly one].
+    #[arg(long, alias = "algo")]
+    algos: Option<String>,
     /// `all`: seeds 0..N (KD and RL run once per seed; the table shows mean ± half-range).
     #[arg(long, default_value_t = 1)]
     seeds: u64,
@@ -594,11 +595,7 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
             let retriever = open_retriever(cli, &ds)?;
             let tiny = cli.tiny_defaults(student);
             let rl = rl_config(cli, tiny)?;
-            let algos: Vec<train::rl::Algo> = cli
-                .algos
-                .split(',')
-                .map(|a| a.trim().parse())
-                .collect::<dgpo_core::Result<_>>()?;
+            let algos = rl_algorithms(cli)?;
             let concurrency = cli
                 .concurrency
                 .unwrap_or_else(train::phases::default_concurrency);
@@ -607,7 +604,7 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
                 ..Default::default()
             };
             if cli.phase == "rl" {
-                let algo = *algos.first().context("--algos names no algorithm")?;
+                let algo = algos[0];
                 let on = train::ModelOptions::on(&placement);
                 let s = train::TrainModel::load(&student_dir, &on)?;
                 let t = train::TrainModel::load(&teacher_path, &on)?;
@@ -734,6 +731,34 @@ fn kd_name_swaps(
 /// `--gradient-checkpointing`, else on for models given as folders and off for the tiny
 /// presets, whose trajectories (at most 4 × 128 new tokens) keep every block's activations in
 /// memory easily. The same rule for SFT/KD and the PPO update.
+/// The RL algorithms to run: `--algos` as given, else every baseline and DGPO for `all` (the
+/// paper's comparison) and DGPO alone for `rl`. `rl` runs one algorithm, so a list is refused
+/// rather than cut to its first name.
+fn rl_algorithms(cli: &Cli) -> Result<Vec<train::rl::Algo>> {
+    let default = if cli.phase == "rl" {
+        "dgpo"
+    } else {
+        "ppo,grpo,dgpo"
+    };
+    let algos: Vec<train::rl::Algo> = cli
+        .algos
+        .as_deref()
+        .unwrap_or(default)
+        .split(',')
+        .map(|a| a.trim().parse())
+        .collect::<dgpo_core::Result<_>>()?;
+    if cli.phase == "rl" && algos.len() != 1 {
+        let names: Vec<String> = algos.iter().map(|a| a.to_string()).collect();
+        bail!(
+            "--phase rl runs one algorithm, but --algos names {}: {} (the demo, --phase all, \
+             runs several)",
+            algos.len(),
+            names.join(", ")
+        );
+    }
+    Ok(algos)
+}
+
 fn gradient_checkpointing(cli: &Cli, tiny: bool) -> bool {
     cli.gradient_checkpointing.unwrap_or(!tiny)
 }
@@ -847,6 +872,34 @@ mod tests {
         let cli = parse(&["synth", "tiny", "t", "e", "--defaults", "paper"]);
         assert!(!cli.tiny_defaults("tiny"));
         assert!(Cli::try_parse_from(["train", "d", "s", "t", "e", "--defaults", "huge"]).is_err());
+    }
+
+    #[test]
+    fn rl_runs_dgpo_unless_told_and_one_algorithm_only() {
+        use train::rl::Algo;
+        let algos = |args: &[&str]| {
+            let base = ["synth", "tiny", "tiny-teacher", "e"];
+            rl_algorithms(&parse(&[&base[..], args].concat()))
+        };
+        assert_eq!(algos(&["--phase", "rl"]).unwrap(), vec![Algo::Dgpo]);
+        assert_eq!(
+            algos(&["--phase", "rl", "--algo", "grpo"]).unwrap(),
+            vec![Algo::Grpo]
+        );
+        assert_eq!(
+            algos(&[]).unwrap(),
+            vec![Algo::Ppo, Algo::Grpo, Algo::Dgpo],
+            "the demo compares all three"
+        );
+        assert_eq!(
+            algos(&["--algos", "dgpo, ppo"]).unwrap(),
+            vec![Algo::Dgpo, Algo::Ppo]
+        );
+        let e = algos(&["--phase", "rl", "--algos", "ppo,dgpo"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one algorithm") && e.contains("2"), "{e}");
+        assert!(algos(&["--algos", "a2c"]).is_err());
     }
 
     #[test]
