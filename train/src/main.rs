@@ -464,6 +464,13 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
             }
         };
     }
+    // Refused (an unknown phase, device or algorithm, a build without CUDA, a list of
+    // algorithms for one RL run) before any data, preset or model is built or read.
+    let placement = Placement::parse(&cli.device, &cli.dtype)?;
+    check_phase(&cli.phase)?;
+    if matches!(cli.phase.as_str(), "all" | "rl") {
+        rl_algorithms(cli)?;
+    }
     let ds = DataSet::resolve(data, &root("DATA_ROOT", "data"))?;
     let exp_root = root("EXP_ROOT", "exp");
     let exp_dir = if Path::new(exp).is_absolute() {
@@ -471,8 +478,6 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
     } else {
         exp_root.join(exp)
     };
-    // Refused (an unknown name, a build without CUDA) before anything is read or trained.
-    let placement = Placement::parse(&cli.device, &cli.dtype)?;
     let mut cfg = train_config(cli)?;
     cfg.gradient_checkpointing = gradient_checkpointing(cli, cli.tiny_defaults(student));
     if cli.tiny_defaults(student) && cli.train_threads.is_none() {
@@ -684,7 +689,7 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
             );
             Ok(())
         }
-        o => bail!("unknown --phase {o:?} (all, sft, kd, rl)"),
+        o => check_phase(o),
     }
 }
 
@@ -731,6 +736,14 @@ fn kd_name_swaps(
 /// `--gradient-checkpointing`, else on for models given as folders and off for the tiny
 /// presets, whose trajectories (at most 4 × 128 new tokens) keep every block's activations in
 /// memory easily. The same rule for SFT/KD and the PPO update.
+/// Refuse a `--phase` that is none of the four.
+fn check_phase(phase: &str) -> Result<()> {
+    match phase {
+        "all" | "sft" | "kd" | "rl" => Ok(()),
+        o => bail!("unknown --phase {o:?} (all, sft, kd, rl)"),
+    }
+}
+
 /// The RL algorithms to run: `--algos` as given, else every baseline and DGPO for `all` (the
 /// paper's comparison) and DGPO alone for `rl`. `rl` runs one algorithm, so a list is refused
 /// rather than cut to its first name.

@@ -664,3 +664,34 @@ fn demo_runs_kd_rl_and_evaluation_then_reuses_its_stages() {
     let st: serde_json::Value = serde_json::from_slice(&std::fs::read(&st).unwrap()).unwrap();
     assert_eq!(st["data_len"], 10, "RL ran on the fresh questions");
 }
+
+/// Flags that cannot run are refused before the synthetic world, a preset or a model is built:
+/// nothing is written under the data or experiment roots.
+#[test]
+fn bad_phase_and_algorithm_flags_are_refused_before_anything_is_built() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (args, says) in [
+        (
+            &["--phase", "rl", "--algos", "ppo,dgpo"][..],
+            "one algorithm",
+        ),
+        (&["--algos", "a2c"][..], "unknown RL algorithm"),
+        (&["--phase", "distil"][..], "unknown --phase"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_train"))
+            .args(["synth", "tiny", "tiny-teacher", "x"])
+            .args(args)
+            .env("DATA_ROOT", tmp.path().join("data"))
+            .env("EXP_ROOT", tmp.path().join("exp"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert_eq!(
+            std::fs::read_dir(tmp.path()).unwrap().count(),
+            0,
+            "{args:?} wrote something"
+        );
+    }
+}
