@@ -467,10 +467,7 @@ fn run(cli: &Cli, data: &str, student: &str, teacher: &str, exp: &str) -> Result
     // Refused (an unknown phase, device or algorithm, a build without CUDA, a list of
     // algorithms for one RL run) before any data, preset or model is built or read.
     let placement = Placement::parse(&cli.device, &cli.dtype)?;
-    check_phase(&cli.phase)?;
-    if matches!(cli.phase.as_str(), "all" | "rl") {
-        rl_algorithms(cli)?;
-    }
+    check_flags(cli, student)?;
     let ds = DataSet::resolve(data, &root("DATA_ROOT", "data"))?;
     let exp_root = root("EXP_ROOT", "exp");
     let exp_dir = if Path::new(exp).is_absolute() {
@@ -742,6 +739,22 @@ fn check_phase(phase: &str) -> Result<()> {
         "all" | "sft" | "kd" | "rl" => Ok(()),
         o => bail!("unknown --phase {o:?} (all, sft, kd, rl)"),
     }
+}
+
+/// Every check of the flags that needs no file: the phase, the training settings, KD's
+/// source and RL's algorithms and settings for the phases that use them. Run before anything
+/// is built, so that a typo costs a second, not a preset build.
+fn check_flags(cli: &Cli, student: &str) -> Result<()> {
+    check_phase(&cli.phase)?;
+    train_config(cli)?;
+    if matches!(cli.phase.as_str(), "all" | "kd") {
+        cli.kd_source.parse::<KdSource>()?;
+    }
+    if matches!(cli.phase.as_str(), "all" | "rl") {
+        rl_algorithms(cli)?;
+        rl_config(cli, cli.tiny_defaults(student))?;
+    }
+    Ok(())
 }
 
 /// The RL algorithms to run: `--algos` as given, else every baseline and DGPO for `all` (the

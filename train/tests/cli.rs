@@ -677,6 +677,8 @@ fn bad_phase_and_algorithm_flags_are_refused_before_anything_is_built() {
         ),
         (&["--algos", "a2c"][..], "unknown RL algorithm"),
         (&["--phase", "distil"][..], "unknown --phase"),
+        (&["--kd-source", "self"][..], "self"),
+        (&["--phase", "rl", "--rl-mini-batch", "0"][..], "mini"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_train"))
             .args(["synth", "tiny", "tiny-teacher", "x"])
