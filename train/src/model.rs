@@ -505,6 +505,22 @@ impl TrainModel {
         Ok(self.target_logits_of(batch, &h)?.detach())
     }
 
+    /// The hidden states at the batch's learnt rows, (n, hidden), without gradient tracking:
+    /// what scoring passes project onto the vocabulary one row chunk at a time
+    /// ([`TrainModel::row_logits`], [`TrainModel::row_chunk`]).
+    pub fn target_hidden_no_grad(&self, batch: &Batch) -> Result<Tensor> {
+        if batch.target_rows.is_empty() {
+            return Err(Error::invalid("the batch has no learnt position"));
+        }
+        let h = self.hidden_no_grad(batch)?;
+        Ok(self.target_hidden(batch, &h)?.detach())
+    }
+
+    /// Logits (m, vocab) of hidden rows (m, hidden): the head alone.
+    pub fn row_logits(&self, rows: &Tensor) -> Result<Tensor> {
+        self.decoder.logits(rows)
+    }
+
     /// The scalar `loss_of(hidden)` of a batch, where `hidden` is [`TrainModel::hidden`]'s
     /// output, and the gradients of every var it depends on.
     ///

@@ -622,6 +622,8 @@ fn row_chunks_make_the_same_update() {
                 ("clip fraction", a.clip_frac, b.clip_frac),
                 ("approx KL", a.approx_kl, b.approx_kl),
                 ("grad norm", a.grad_norm, b.grad_norm),
+                // Scored in chunks too: the reference's log-probs behind the reward's KL.
+                ("KL to the reference", a.kl.unwrap(), b.kl.unwrap()),
             ] {
                 assert!(
                     (x - y).abs() <= 1e-5 * (1.0 + x.abs()),
