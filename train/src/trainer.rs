@@ -180,13 +180,35 @@ struct TeacherSide<'a> {
     data: &'a [Example],
 }
 
-impl TeacherSide<'_> {
-    /// Detached teacher logits at the learnt positions of `batch` (whose row `k` is example
-    /// `idx[k]`), (n, vocab) in [`Batch::target_rows`] order.
-    fn target_logits(&self, idx: &[usize], batch: &Batch) -> Result<candle_core::Tensor> {
-        match self.cache {
-            Some(c) => c.target_logits(self.model, self.data, idx, batch),
-            None => self.model.target_logits_no_grad(batch),
+impl<'a> TeacherSide<'a> {
+    /// The teacher's side of `batch` (whose row `k` is example `idx[k]`) at its learnt
+    /// positions, in [`Batch::target_rows`] order.
+    fn target_rows(&self, idx: &[usize], batch: &Batch) -> Result<TeacherRows<'a>> {
+        Ok(match self.cache {
+            Some(c) => TeacherRows::Logits(c.target_logits(self.model, self.data, idx, batch)?),
+            None => TeacherRows::Hidden(self.model, self.model.target_hidden_no_grad(batch)?),
+        })
+    }
+}
+
+/// A slice's teacher distributions: the cached logits (n, vocab), or the teacher's hidden
+/// states at the learnt rows (n, hidden), projected onto the vocabulary one row chunk at a
+/// time as the student's loss asks for them, so that a real model's teacher holds one
+/// chunk of logits instead of the slice's (0.6 MB per learnt row for Qwen2.5's vocabulary).
+enum TeacherRows<'a> {
+    Logits(candle_core::Tensor),
+    Hidden(&'a TrainModel, candle_core::Tensor),
+}
+
+impl TeacherRows<'_> {
+    /// Detached teacher logits of the learnt rows `rows`, (rows.len(), vocab).
+    fn logits(&self, rows: std::ops::Range<usize>) -> Result<candle_core::Tensor> {
+        let (start, m) = (rows.start, rows.len());
+        match self {
+            TeacherRows::Logits(t) => Ok(t.narrow(0, start, m)?),
+            TeacherRows::Hidden(model, h) => {
+                Ok(model.row_logits(&h.narrow(0, start, m)?)?.detach())
+            }
         }
     }
 }
@@ -487,9 +509,10 @@ fn slice_pass(
     checkpoint: bool,
 ) -> Result<SliceOut> {
     let targets = batch.target_ids_tensor(student.device())?;
-    // The teacher's side is scored before the student's graph exists.
-    let teacher_logits = match teacher {
-        Some(t) => Some(t.target_logits(idx, batch)?),
+    // The teacher's body runs before the student's graph exists; its head, chunk by chunk
+    // with the student's.
+    let teacher_rows = match teacher {
+        Some(t) => Some(t.target_rows(idx, batch)?),
         None => None,
     };
     let n = batch.target_rows.len();
@@ -499,9 +522,9 @@ fn slice_pass(
     let grads = student.loss_and_grads_by_rows(batch, checkpoint, |logits, rows| {
         let m = rows.len();
         let targets = targets.narrow(0, rows.start, m)?;
-        let (l, kl, ce) = match &teacher_logits {
-            Some(tl) => {
-                let tl = tl.narrow(0, rows.start, m)?;
+        let (l, kl, ce) = match &teacher_rows {
+            Some(t) => {
+                let tl = t.logits(rows)?;
                 let d = loss::distill_loss_rows(&tl, logits, &targets, alpha)?;
                 (d.loss, d.kl, d.ce)
             }

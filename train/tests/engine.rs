@@ -822,8 +822,9 @@ fn kd_with_cached_teacher_logits_matches_online_scoring() {
     let data = toy_examples(6, 10, 512, 13);
     let teacher = load("tiny-llama", &ModelOptions::default());
     for threads in [1, 2] {
-        let run = |budget: Option<usize>, steps: usize| {
-            let m = load("tiny-qwen2", &ModelOptions::default());
+        let run_chunked = |budget: Option<usize>, steps: usize, chunk: Option<usize>| {
+            let mut m = load("tiny-qwen2", &ModelOptions::default());
+            m.set_row_chunk(chunk);
             let mut c = cfg(6, 0);
             c.adamw.eps = 1e-6;
             c.threads = threads;
@@ -837,8 +838,27 @@ fn kd_with_cached_teacher_logits_matches_online_scoring() {
             drop(t);
             (weights(&m), ms, filled)
         };
+        let run = |budget, steps| run_chunked(budget, steps, None);
         let (w_on, m_on, f_on) = run(Some(0), 6);
         assert_eq!(f_on, None, "a zero budget scores online");
+        // Online, the teacher's logits are made one row chunk at a time with the student's.
+        let (w_rows, m_rows, _) = run_chunked(Some(0), 6, Some(3));
+        for (x, y) in m_on.iter().zip(&m_rows) {
+            assert!(
+                (x.kl.unwrap() - y.kl.unwrap()).abs() < 1e-5
+                    && (x.loss - y.loss).abs() < 1e-5
+                    && (x.grad_norm - y.grad_norm).abs() < 1e-4,
+                "chunks of 3 rows: {x:?} vs {y:?}"
+            );
+        }
+        for (name, a) in &w_on {
+            let d = a
+                .iter()
+                .zip(&w_rows[name])
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(d < 1e-5, "chunks of 3 rows, {name}: weights differ by {d}");
+        }
         // One update of 2 micro-batches of 2 draws 4 of the 6 examples.
         assert_eq!(run(None, 1).2, Some(4));
         let (w_c, m_c, f_c) = run(None, 6);
