@@ -666,7 +666,7 @@ fn score_micro(
     } else {
         // The logits are (learnt rows × vocabulary): the student's and the reference's are
         // read side by side one row chunk at a time, so scoring holds two chunks of them
-        // instead of two whole micro-batches' (3.8 GB each for four 1,600-token rollouts of
+        // instead of two whole micro-batches' (3.9 GB each for four 1,600-token rollouts of
         // Qwen2.5). The tiny presets' micro-batches are one chunk.
         let s_rows = student.target_hidden_no_grad(&batch)?;
         let r_rows = match reference {
