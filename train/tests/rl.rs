@@ -668,6 +668,9 @@ fn ppo_and_grpo_run_on_the_same_code() {
         )
         .unwrap();
         assert_eq!(m.len(), 1);
+        // Peak memory after rollouts, scoring and update: a running peak, so never falling.
+        let [a, b, c] = m[0].peak_rss_mb.expect("Linux has /proc/self/status");
+        assert!(a > 1.0 && a <= b && b <= c, "{a} {b} {c}");
         // The reference is the initial student: before any update the KL to it is 0 (the
         // same weights, the same forward pass).
         let kl = m[0].kl.expect("a reference");

@@ -384,6 +384,11 @@ pub struct RlMetrics {
     pub update_s: f64,
     /// Seconds of the whole step.
     pub step_s: f64,
+    /// The process's peak resident memory (MB, [`crate::resident_mb`]) after the rollouts,
+    /// after the scoring pass and after the update; None off Linux. A peak since the start,
+    /// so a phase that needs more than every earlier one shows as a rise.
+    #[serde(default)]
+    pub peak_rss_mb: Option<[f64; 3]>,
 }
 
 const METRICS_FILE: &str = "rl_metrics.jsonl";
@@ -890,8 +895,10 @@ impl Run<'_> {
         )?;
         let rollout_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
+        let peak_rollouts = crate::resident_mb().map(|(_, peak)| peak);
 
         let mut prep = self.score(&samples)?;
+        let peak_scored = crate::resident_mb().map(|(_, peak)| peak);
         let scores: Vec<f32> = samples.iter().map(|s| s.score).collect();
         // Token rewards and advantages.
         let (mut kl_all, mut kl_pen, mut n_all, mut n_pen, mut penalised) =
@@ -1069,6 +1076,10 @@ impl Run<'_> {
             rollout_s,
             update_s: t1.elapsed().as_secs_f64(),
             step_s: t0.elapsed().as_secs_f64(),
+            peak_rss_mb: match (peak_rollouts, peak_scored, crate::resident_mb()) {
+                (Some(a), Some(b), Some((_, c))) => Some([a, b, c]),
+                _ => None,
+            },
         })
     }
 
@@ -1312,6 +1323,7 @@ pub fn train_rl(
             value_loss = m.value_loss,
             entropy = m.entropy,
             step_s = m.step_s,
+            peak_rss_mb = ?m.peak_rss_mb,
             "RL step"
         );
         append_metrics(&log, &m)?;
