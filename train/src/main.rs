@@ -730,9 +730,6 @@ fn kd_name_swaps(
     Ok(Some(train::synth::name_swap::SwapCopies { swap, copies }))
 }
 
-/// `--gradient-checkpointing`, else on for models given as folders and off for the tiny
-/// presets, whose trajectories (at most 4 × 128 new tokens) keep every block's activations in
-/// memory easily. The same rule for SFT/KD and the PPO update.
 /// Refuse a `--phase` that is none of the four.
 fn check_phase(phase: &str) -> Result<()> {
     match phase {
@@ -785,6 +782,9 @@ fn rl_algorithms(cli: &Cli) -> Result<Vec<train::rl::Algo>> {
     Ok(algos)
 }
 
+/// `--gradient-checkpointing`, else on for models given as folders and off for the tiny
+/// presets, whose trajectories (at most 4 × 128 new tokens) keep every block's activations in
+/// memory easily. The same rule for SFT/KD and the PPO update.
 fn gradient_checkpointing(cli: &Cli, tiny: bool) -> bool {
     cli.gradient_checkpointing.unwrap_or(!tiny)
 }
