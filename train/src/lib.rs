@@ -56,17 +56,14 @@ pub fn keep_freed_memory() {
     }
 }
 
-/// The process's resident memory now and its peak so far, in MB (`VmRSS` and `VmHWM` of
-/// `/proc/self/status`; None where that file does not exist). RL logs the peak after each
-/// phase of a step, so that a real model's memory is read off a run rather than guessed.
-pub fn resident_mb() -> Option<(f64, f64)> {
+/// The process's peak resident memory so far, in MB (`VmHWM` of `/proc/self/status`; None
+/// where that file does not exist). RL logs it after each phase of a step, so that a real
+/// model's memory is read off a run rather than guessed.
+pub fn peak_resident_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |key: &str| {
-        let kb = status.lines().find_map(|l| l.strip_prefix(key))?;
-        let kb: f64 = kb.trim().trim_end_matches("kB").trim().parse().ok()?;
-        Some(kb / 1024.0)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    let kb: f64 = kb.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 /// Return the freed heap memory that [`keep_freed_memory`] keeps to the kernel (e.g. before

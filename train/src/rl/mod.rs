@@ -384,7 +384,7 @@ pub struct RlMetrics {
     pub update_s: f64,
     /// Seconds of the whole step.
     pub step_s: f64,
-    /// The process's peak resident memory (MB, [`crate::resident_mb`]) after the rollouts,
+    /// The process's peak resident memory (MB, [`crate::peak_resident_mb`]) after the rollouts,
     /// after the scoring pass and after the update; None off Linux. A peak since the start,
     /// so a phase that needs more than every earlier one shows as a rise.
     #[serde(default)]
@@ -895,10 +895,10 @@ impl Run<'_> {
         )?;
         let rollout_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        let peak_rollouts = crate::resident_mb().map(|(_, peak)| peak);
+        let peak_rollouts = crate::peak_resident_mb();
 
         let mut prep = self.score(&samples)?;
-        let peak_scored = crate::resident_mb().map(|(_, peak)| peak);
+        let peak_scored = crate::peak_resident_mb();
         let scores: Vec<f32> = samples.iter().map(|s| s.score).collect();
         // Token rewards and advantages.
         let (mut kl_all, mut kl_pen, mut n_all, mut n_pen, mut penalised) =
@@ -1076,8 +1076,8 @@ impl Run<'_> {
             rollout_s,
             update_s: t1.elapsed().as_secs_f64(),
             step_s: t0.elapsed().as_secs_f64(),
-            peak_rss_mb: match (peak_rollouts, peak_scored, crate::resident_mb()) {
-                (Some(a), Some(b), Some((_, c))) => Some([a, b, c]),
+            peak_rss_mb: match (peak_rollouts, peak_scored, crate::peak_resident_mb()) {
+                (Some(a), Some(b), Some(c)) => Some([a, b, c]),
                 _ => None,
             },
         })
